@@ -1,0 +1,19 @@
+"""Cost cuts. Every module in this package registers its cut on import.
+
+Discovery is automatic so that adding a cut is one new file and nothing else.
+"""
+import importlib
+import pkgutil
+
+from leantrain.cuts.base import REGISTRY, Cut, CutConfig, CutStack, register
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["REGISTRY", "Cut", "CutConfig", "CutStack", "register", "build_cuts"]
+
+
+def build_cuts(recipe) -> CutStack:
+    """Instantiate the recipe's enabled cuts, in a fixed order (registry order)."""
+    return CutStack([REGISTRY[name](cfg) for name, cfg in recipe.enabled_cuts().items()])

@@ -1,0 +1,1 @@
+"""Data: reading tables, label maps, tokenization and batching."""

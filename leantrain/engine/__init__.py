@@ -1,0 +1,1 @@
+"""The training engine: the loop, its state, and the run that wires a recipe to it."""

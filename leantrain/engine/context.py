@@ -1,0 +1,35 @@
+"""What one run shares between the loop, the task and the cuts.
+
+Cuts receive this object in every hook: it is how a cut reads the device, the model, or
+the number of micro-batches per step, without the loop knowing which cut wants what.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from leantrain.engine.state import TrainState
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    train: Any                                  # the recipe's TrainSection
+    model: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    state: TrainState = field(default_factory=TrainState)
+    micro_batches_per_step: int = 1            # set > 1 by gradient accumulation
+    total_steps: int = 0
+    batches_per_epoch: int = 0
+    log: Callable[[dict], None] = lambda event: None
+    extras: dict[str, Any] = field(default_factory=dict)  # per-run facts cuts report (summary)
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]

@@ -1,0 +1,97 @@
+"""What a run leaves behind: the model (or adapter), its label map, and summary.json."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+SUMMARY_VERSION = 1
+
+
+def _write_json(path: Path, data: dict) -> None:
+    # Write-then-rename: a reader (or a crash) never sees half a file.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) -> dict[str, str]:
+    """Save the trained weights (only the adapter with LoRA) plus what predict needs."""
+    out = run_dir / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(out)  # PEFT models write only adapter_model.safetensors
+    else:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, out / "model.safetensors")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    from leantrain.models import resolve_model_path
+
+    meta = {
+        "task": recipe.model.task,
+        "base_model": recipe.model.name_or_path,
+        "base_model_path": resolve_model_path(recipe.model.name_or_path),
+        "adapter": "lora" in cuts.names(),
+        "labels": data_info.label_names if data_info else None,
+        "max_length": recipe.data.max_length,
+    }
+    _write_json(out / "leantrain.json", meta)
+    saved = {"model": str(out)}
+    saved.update(cuts.on_save(model, out, run))
+    return saved
+
+
+def _param_counts(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dict, prepare_seconds: float, peak) -> dict:
+    state = run.state
+    trainable, total = _param_counts(run.model) if run.model is not None else (0, 0)
+    price = recipe.hardware.price_per_hour
+    summary = {
+        "version": SUMMARY_VERSION,
+        "status": state.status,
+        "stop_reason": state.stop_reason,
+        "eval": final_eval,
+        "steps": state.step,
+        "epochs": round(state.epoch + state.batch_in_epoch / max(run.batches_per_epoch, 1), 3),
+        "samples_seen": state.samples_seen,
+        "train_seconds": round(state.train_seconds, 3),
+        "samples_per_second": round(state.samples_seen / state.train_seconds, 3) if state.train_seconds else 0.0,
+        "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else 0.0,
+        "prepare_seconds": round(prepare_seconds, 3),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_memory_bytes": peak[0],
+        "peak_memory_method": peak[1],
+        "price_per_hour": price,
+        "cost_usd": round(price * state.train_seconds / 3600, 6),
+        "cuts": cuts.names(),
+        "device": str(run.device),
+        "extras": run.extras,
+        "saved": saved,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, **_lib_versions()},
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _lib_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("leantrain", "transformers", "peft"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,27 @@
+"""Counters and outcome of a run: everything the loop advances, in one place.
+
+Kept small and JSON-serialisable so a checkpoint can store it whole.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainState:
+    step: int = 0                 # optimizer steps taken
+    epoch: int = 0                # current epoch (0-based)
+    batch_in_epoch: int = 0       # micro-batches consumed in the current epoch
+    samples_seen: int = 0
+    train_seconds: float = 0.0    # wall time spent in fit(), summed over resumes
+    data_wait_seconds: float = 0.0
+    status: str = "running"
+    stop_reason: str | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        return cls(**data)

