@@ -14,6 +14,6 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = ["REGISTRY", "Cut", "CutConfig", "CutStack", "register", "build_cuts"]
 
 
-def build_cuts(recipe) -> CutStack:
-    """Instantiate the recipe's enabled cuts, in a fixed order (registry order)."""
-    return CutStack([REGISTRY[name](cfg) for name, cfg in recipe.enabled_cuts().items()])
+def build_cuts(recipe, instruments: tuple[Cut, ...] = ()) -> CutStack:
+    """The recipe's enabled cuts plus run instruments, ordered by each one's ``order``."""
+    return CutStack([REGISTRY[name](cfg) for name, cfg in recipe.enabled_cuts().items()] + list(instruments))

@@ -112,7 +112,11 @@ def register(cls: type[Cut]) -> type[Cut]:
 
 
 class CutStack:
-    """The enabled cuts of one run, sorted by `order`, called as one."""
+    """The enabled cuts of one run, sorted by `order`, called as one.
+
+    Run instruments (memory accounting, later cost metering) use the same hooks and ride
+    in the same stack; ``names()`` lists only the recipe's cuts.
+    """
 
     def __init__(self, cuts: list[Cut]):
         self.cuts = sorted(cuts, key=lambda c: c.order)
@@ -121,7 +125,7 @@ class CutStack:
         return iter(self.cuts)
 
     def names(self) -> list[str]:
-        return [c.name for c in self.cuts]
+        return [c.name for c in self.cuts if REGISTRY.get(c.name) is type(c)]
 
     def setup(self, run) -> None:
         for cut in self.cuts:

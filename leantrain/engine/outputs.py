@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from leantrain.observe.memory import peak_rss_bytes
+
 SUMMARY_VERSION = 1
 
 
@@ -73,6 +75,7 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "total_params": total,
         "peak_memory_bytes": peak[0],
         "peak_memory_method": peak[1],
+        "peak_rss_bytes": peak_rss_bytes(),
         "price_per_hour": price,
         "cost_usd": round(price * state.train_seconds / 3600, 6),
         "cuts": cuts.names(),

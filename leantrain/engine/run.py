@@ -24,6 +24,7 @@ from leantrain.engine.loop import fit
 from leantrain.engine.outputs import save_model, write_summary
 from leantrain.engine.tasks import CausalLMTask, ClassificationTask, CustomTask
 from leantrain.errors import DeviceError, UserError
+from leantrain.observe.accountant import MemoryAccountant
 from leantrain.observe.memory import peak_memory, reset_peak
 from leantrain.observe.metrics import MetricsLog
 from leantrain.recipe import Recipe, load_recipe, parse_recipe
@@ -153,7 +154,7 @@ def train(
         raise UserError("the training data has no examples")
     prepare_seconds = time.perf_counter() - prepare_started
 
-    cuts = build_cuts(recipe)
+    cuts = build_cuts(recipe, instruments=(MemoryAccountant(),))
     run = RunContext(device=device, train=cfg)
     cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
     run.model = model = cuts.prepare_model(model, run).to(device)
@@ -187,13 +188,13 @@ def train(
     except BaseException as exc:
         run.state.status = "failed"
         run.state.stop_reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        write_summary(run_dir, recipe, run, cuts, {}, {}, prepare_seconds, peak_memory(device))
+        write_summary(run_dir, recipe, run, cuts, {}, {}, prepare_seconds, peak_memory(device, run.extras))
         raise
     finally:
         log.close()
 
     saved = save_model(run_dir, recipe, model, tokenizer, data_info, cuts, run) if recipe.output.save_model else {}
-    summary = write_summary(run_dir, recipe, run, cuts, final_eval, saved, prepare_seconds, peak_memory(device))
+    summary = write_summary(run_dir, recipe, run, cuts, final_eval, saved, prepare_seconds, peak_memory(device, run.extras))
     return RunResult(summary=summary, run_dir=run_dir, model=model)
 
 

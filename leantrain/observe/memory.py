@@ -1,9 +1,9 @@
 """Peak memory of a run, and how it was measured (the method matters to the reader).
 
 On CUDA the caching allocator's high-water mark is exact for tensors. On CPU there is no
-allocator counter, so we report the process's peak resident set size: it includes the
-Python interpreter and libraries (a fixed few hundred MB), so differences between runs
-are meaningful while the absolute figure overstates what the tensors needed.
+allocator counter; the process's peak resident set size includes the interpreter and
+libraries (several hundred MB), which hides what the cuts change, so the tensor
+accounting of the first step is reported as the peak and RSS alongside it.
 """
 from __future__ import annotations
 
@@ -18,10 +18,18 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, method) for the peak since the last reset (CUDA) or process start (CPU)."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
+def peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is KiB on Linux, bytes on macOS.
-    return int(peak if sys.platform == "darwin" else peak * 1024), "process peak RSS (getrusage ru_maxrss)"
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def peak_memory(device: torch.device, extras: dict | None = None) -> tuple[int, str]:
+    """(bytes, method): the allocator's peak on CUDA; on CPU the tensor accounting of the
+    first step when it ran (see observe/accountant.py), else the process peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
+    breakdown = (extras or {}).get("memory_breakdown")
+    if breakdown:
+        return int(breakdown["total"]), "tensor accounting: weights + gradients + optimizer states + saved activations (first step)"
+    return peak_rss_bytes(), "process peak RSS (getrusage ru_maxrss)"

@@ -1,0 +1,98 @@
+"""Tensor memory accounting for one training step, measured on the real tensors.
+
+Why: on CPU there is no allocator high-water mark, and process RSS is dominated by the
+interpreter and libraries, which hides exactly what the cuts change. During the first
+optimizer step this instrument counts, on the live objects:
+  - weights: bytes of every parameter and buffer;
+  - gradients: bytes of every ``.grad`` when the step's gradients are complete;
+  - optimizer states: bytes of every tensor in ``optimizer.state`` after the step;
+  - saved activations: bytes of tensors autograd saved for backward
+    (``saved_tensors_hooks``), deduplicated by storage, parameters excluded.
+Their sum is the training-state peak that the cuts act on (it leaves out transient
+workspace inside single ops).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from leantrain.cuts.base import Cut
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int]:
+    storage = t.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+class SavedTensorCounter:
+    """Context manager: total bytes of distinct storages saved for backward inside it."""
+
+    def __init__(self, exclude: set[int] | None = None):
+        self.exclude = exclude or set()
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor):
+        if t.device.type != "meta":
+            ptr, size = _storage_key(t)
+            if ptr not in self.exclude:
+                self.storages[ptr] = size
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._hooks.__exit__(*exc)
+
+
+def tensor_bytes(tensors) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if torch.is_tensor(t) and t.device.type != "meta":
+            ptr, size = _storage_key(t)
+            seen[ptr] = size
+    return sum(seen.values())
+
+
+class MemoryAccountant(Cut):
+    """Instrument (not a recipe cut): fills ``run.extras['memory_breakdown']``."""
+
+    name = "memory_accountant"
+    order = 100
+
+    def __init__(self):
+        super().__init__(config=None)
+        self.counters: list[SavedTensorCounter] = []  # one per micro-batch of the first step
+        self.breakdown: dict[str, int] = {}
+
+    def forward_context(self, run):
+        if run.state.step != 0 or not run.model.training:
+            return contextlib.nullcontext()
+        params = {_storage_key(p)[0] for p in run.model.parameters()}
+        self.counters.append(SavedTensorCounter(exclude=params))
+        return self.counters[-1]
+
+    def on_before_optimizer_step(self, optimizer, run) -> None:
+        if run.state.step == 0:
+            self.breakdown["gradients"] = tensor_bytes(p.grad for p in run.model.parameters() if p.grad is not None)
+
+    def on_step_end(self, run) -> None:
+        if run.state.step != 1 or not self.counters:
+            return
+        model = run.model
+        self.breakdown["weights"] = tensor_bytes(list(model.parameters()) + list(model.buffers()))
+        self.breakdown["optimizer_states"] = tensor_bytes(
+            v for state in run.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0
+        )
+        # Micro-batches run one after another: the peak is the largest one, not the sum.
+        self.breakdown["saved_activations"] = max(c.bytes for c in self.counters)
+        self.counters = []
+        self.breakdown["total"] = sum(v for k, v in self.breakdown.items() if k != "total")
+        run.extras["memory_breakdown"] = dict(self.breakdown)
