@@ -26,20 +26,29 @@ def load_run_model(run_dir: str | Path):
     if not meta_path.is_file():
         raise UserError(f"{run_dir}: not a leantrain run with a saved model (no model/leantrain.json)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta["task"] == "custom":
+        raise UserError(f"{run_dir}: trained a custom torch.nn.Module ({meta.get('module')}); load {model_dir} into it yourself")
     classify = meta["task"] == "sequence-classification"
     auto = AutoModelForSequenceClassification if classify else AutoModelForCausalLM
     kwargs = {}
     if classify:
         labels = meta["labels"]
         kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
-    if meta["adapter"]:
-        from peft import PeftModel
+    try:
+        if meta["adapter"]:
+            from peft import PeftModel
 
-        base = auto.from_pretrained(meta["base_model_path"], **kwargs)
-        model = PeftModel.from_pretrained(base, model_dir)
-    else:
-        model = auto.from_pretrained(model_dir, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            # A from-scratch base has no weights anywhere else: the run saved them in model/base.
+            base_path = model_dir / "base" if (model_dir / "base").is_dir() else meta["base_model_path"]
+            # ignore_mismatched_sizes: as in training, a base with another head size gets a
+            # fresh head, which the adapter's saved head (modules_to_save) then replaces.
+            base = auto.from_pretrained(base_path, **kwargs, **({"ignore_mismatched_sizes": True} if classify else {}))
+            model = PeftModel.from_pretrained(base, model_dir)
+        else:
+            model = auto.from_pretrained(model_dir, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run_dir}: cannot load the saved model: {str(exc).strip().splitlines()[0]}") from None
     return model.eval(), tokenizer, meta
 
 
@@ -80,5 +89,6 @@ def predict(run_dir: str | Path, texts: Iterable[str], batch_size: int = 32, max
         else:
             for text in chunk:
                 enc = tokenizer(text, return_tensors="pt")
+                enc = {k: enc[k] for k in ("input_ids", "attention_mask")}  # no token_type_ids
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
                 yield {"text": text, "continuation": tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)}

@@ -142,15 +142,35 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
-def _explain(error: dict, source: str, root: yaml.Node | None) -> str:
+def _recipe_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a recipe may use in ``model`` (internal fields such as ``source`` excluded)."""
+    return sorted(n for n, f in model.model_fields.items() if not f.exclude)
+
+
+def _override_for(loc: tuple, overrides: list[str]) -> str | None:
+    """The last ``--set`` item whose key is, or contains, or lies inside ``loc``."""
+    loc = tuple(str(p) for p in loc)
+    for item in reversed(overrides):
+        path = tuple(item.split("=", 1)[0].strip().split("."))
+        n = min(len(path), len(loc))
+        if n and path[:n] == loc[:n]:
+            return item
+    return None
+
+
+def _explain(error: dict, source: str, root: yaml.Node | None, overrides: list[str] | None = None) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     key = ".".join(str(p) for p in loc) or "(top level)"
-    line = _line_of(root, loc)
-    where = f"{source}:{line}" if line else source
+    override = _override_for(loc, overrides or [])
+    if override is not None:
+        where = f"{source} (--set {override})"  # the value is not in the file: no line to point at
+    else:
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
     kind = error["type"]
     if kind == "extra_forbidden":
         parent = _section_for(loc[:-1])
-        allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"
+        allowed = ", ".join(_recipe_keys(parent)) if parent else "?"
         return f"{where}: unknown key '{key}'; allowed here: {allowed}"
     msg = error["msg"]
     if kind == "literal_error":
@@ -169,15 +189,22 @@ def _section_for(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def parse_recipe(data: Any, source: str = "<recipe>", root: yaml.Node | None = None, name: str = "run") -> Recipe:
+def parse_recipe(
+    data: Any, source: str = "<recipe>", root: yaml.Node | None = None, name: str = "run", overrides: list[str] | None = None
+) -> Recipe:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    # ``source`` and ``name`` are set by leantrain, never by the recipe.
+    internal = [k for k in data if k in Recipe.model_fields and Recipe.model_fields[k].exclude]
+    if internal:
+        error = {"type": "extra_forbidden", "loc": (internal[0],), "msg": "", "input": data[internal[0]]}
+        raise RecipeError(_explain(error, source, root, overrides))
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_explain(exc.errors()[0], source, root)) from None
+        raise RecipeError(_explain(exc.errors()[0], source, root, overrides)) from None
     recipe.name = name
     return recipe
 
@@ -200,7 +227,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
-                child = {} if child in (None, True) else _as_mapping(child, part)
+                child = {} if child is None or child is True else _as_mapping(child, part)
                 node[part] = child
             node = child
         node[path[-1]] = value
@@ -232,9 +259,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RecipeError(f"{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    if overrides:
-        data = apply_overrides(data if isinstance(data, dict) else {}, overrides)
-    recipe = parse_recipe(data, str(path), root, name=path.stem)
+    if overrides and (data is None or isinstance(data, dict)):  # a non-mapping fails in parse_recipe
+        data = apply_overrides(data or {}, overrides)
+    recipe = parse_recipe(data, str(path), root, name=path.stem, overrides=overrides)
     recipe.source = path.resolve()
     return recipe
 

@@ -72,8 +72,8 @@ class EarlyStopping(Cut):
         return None
 
     def on_fit_end(self, run) -> None:
-        if not (self.config.restore_best and self.best_weights):
-            return
+        if not (self.config.restore_best and self.best_weights) or self.best_step == run.state.step:
+            return  # the current weights are the best ones
         params = dict(run.model.named_parameters())
         with torch.no_grad():
             for name, value in self.best_weights.items():

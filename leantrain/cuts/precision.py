@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from leantrain.cuts.base import Cut, CutConfig, register
-from leantrain.errors import DeviceError
+from leantrain.errors import DeviceError, UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,12 +28,12 @@ class PrecisionSettings(CutConfig):
     )
 
 
-def check_device_supports(dtype: str, device: torch.device) -> None:
-    """Raise a one-line DeviceError when ``dtype`` cannot run on ``device``."""
+def check_device_supports(dtype: str, device: torch.device, key: str = "cuts.precision") -> None:
+    """Raise a one-line DeviceError naming ``key`` when ``dtype`` cannot run on ``device``."""
     if dtype == "fp16" and device.type != "cuda":
-        raise DeviceError(f"cuts.precision: fp16 needs a CUDA device (this run is on {device.type}); use bf16 here")
+        raise DeviceError(f"{key}: fp16 needs a CUDA device (this run is on {device.type}); use bf16 here")
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DeviceError("cuts.precision: this GPU has no bf16 support (pre-Ampere); use fp16")
+        raise DeviceError(f"{key}: this GPU has no bf16 support (pre-Ampere); use fp16")
 
 
 def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
@@ -57,7 +57,13 @@ class Precision(Cut):
     def setup(self, run) -> None:
         check_device_supports(self.config.dtype, run.device)
         if self.config.frozen_dtype:
-            check_device_supports(self.config.frozen_dtype, run.device)
+            check_device_supports(self.config.frozen_dtype, run.device, "cuts.precision.frozen_dtype")
+            if self.config.frozen_dtype != "fp32" and self.config.dtype == "fp32":
+                # Without autocast, low-precision weights would meet fp32 activations in a matmul.
+                raise UserError(
+                    f"cuts.precision.frozen_dtype: {self.config.frozen_dtype} weights need autocast; "
+                    "set cuts.precision.dtype to bf16 (or fp16 on CUDA)"
+                )
         self.scaler = None
         if self.config.dtype == "fp16":
             self.scaler = torch.amp.GradScaler(run.device_type)

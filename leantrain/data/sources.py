@@ -45,9 +45,12 @@ def _read_table(path: Path, kind: str):
 
     try:
         if kind == "csv":
-            # Strings stay strings: a label column of "1"/"2" must not become ints in one
-            # file and strings in another.
-            return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(strings_can_be_null=False))
+            # Strings stay strings: every column is read as text, so a label "01" stays
+            # "01" (type inference would make it the int 1) and "NA" is not a null.
+            with pa_csv.open_csv(path) as reader:
+                names = reader.schema.names
+            types = {name: pa.string() for name in names}
+            return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False))
         if kind == "json":
             return pa_json.read_json(path)
         return pq.read_table(path)

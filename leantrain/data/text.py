@@ -24,6 +24,27 @@ class TextData:
     stats: dict = field(default_factory=dict)
 
 
+class CausalLMCollator:
+    """Pad a batch to its longest row; labels are the input ids, padding masked out (-100).
+
+    Padding is found from the attention mask, not by token id: when the pad token is
+    EOS (common for causal LMs), real EOS tokens must stay targets.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, examples: list[dict]) -> dict:
+        # Only ids and mask: decoder-only models take no token_type_ids (BERT-style
+        # tokenizers emit them), and generate() rejects them.
+        rows = [{k: ex[k] for k in ("input_ids", "attention_mask") if k in ex} for ex in examples]
+        batch = self.tokenizer.pad(rows, padding=True, return_tensors="pt")
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
+        batch["labels"] = labels
+        return batch
+
+
 def _texts(rows: list[dict], column: str, source: str) -> list[str]:
     texts = []
     for i, row in enumerate(rows):
@@ -54,7 +75,7 @@ def _split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], li
 
 def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable) -> TextData:
     """Read, split, label-map and tokenize the recipe's data section."""
-    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+    from transformers import DataCollatorWithPadding
 
     if not data_cfg.train:
         raise DataError("data.train: no training file given")
@@ -70,15 +91,15 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable)
         train_rows, eval_rows = _split(train_rows, data_cfg.eval_fraction, seed)
 
     def encode(rows: list[dict], source) -> list[dict]:
+        if not rows:  # eval_fraction: 0 holds nothing out (tokenizers fail on an empty batch)
+            return []
         enc = tokenizer(_texts(rows, data_cfg.text_column, str(source)), truncation=True, max_length=data_cfg.max_length)
         return [dict(zip(enc.keys(), values)) for values in zip(*enc.values())]
 
     train, evaluation = encode(train_rows, train_path), encode(eval_rows, eval_path)
     stats = {"rows_train": len(train), "rows_eval": len(evaluation)}
     if not classify:
-        for ex in train + evaluation:
-            ex["labels"] = list(ex["input_ids"])
-        return TextData(train, evaluation, DataCollatorForLanguageModeling(tokenizer, mlm=False), stats=stats)
+        return TextData(train, evaluation, CausalLMCollator(tokenizer), stats=stats)
 
     train_labels = [str(r[data_cfg.label_column]) for r in train_rows]
     names = _label_names(train_labels)

@@ -100,8 +100,8 @@ def fit(
             if state.step % cfg.log_every == 0 or state.step == run.total_steps:
                 # .item() syncs with the device: only on logging steps.
                 run.log({"event": "train", "loss": step_loss.item(), "lr": run.scheduler.get_last_lr()[0]})
-            if state.step % eval_every == 0 and state.step < run.total_steps:
-                state.last_eval = evaluate()
+            if state.step % eval_every == 0 or state.step == run.total_steps:
+                state.last_eval, state.last_eval_step = evaluate(), state.step
                 run.log({"event": "eval", **state.last_eval})
                 state.stop_reason = cuts.on_eval_end(state.last_eval, run)
                 if state.stop_reason:

@@ -23,9 +23,21 @@ def _write_json(path: Path, data: dict) -> None:
 def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) -> dict[str, str]:
     """Save the trained weights (only the adapter with LoRA) plus what predict needs."""
     out = run_dir / "model"
+    if (out / "leantrain.json").is_file():
+        # A previous run's model: remove it whole. A stale adapter_config.json left next to
+        # a full model would make transformers load that old adapter on top of it.
+        import shutil
+
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(out)  # PEFT models write only adapter_model.safetensors
+        if recipe.model.from_scratch and "lora" in cuts.names():
+            # The randomly initialised base exists nowhere else; without it the adapter is
+            # unusable. Save it (adapters removed) next to the adapter, in model/base.
+            import copy
+
+            copy.deepcopy(model).unload().save_pretrained(out / "base")
     else:
         from safetensors.torch import save_file
 
@@ -35,14 +47,18 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) ->
         tokenizer.save_pretrained(out)
     from leantrain.models import resolve_model_path
 
-    meta = {
-        "task": recipe.model.task,
-        "base_model": recipe.model.name_or_path,
-        "base_model_path": resolve_model_path(recipe.model.name_or_path),
-        "adapter": "lora" in cuts.names(),
-        "labels": data_info.label_names if data_info else None,
-        "max_length": recipe.data.max_length,
-    }
+    if tokenizer is None and data_info is None:
+        # The user's own torch.nn.Module: the recipe's model section was not used.
+        meta = {"task": "custom", "module": type(model).__name__, "adapter": "lora" in cuts.names()}
+    else:
+        meta = {
+            "task": recipe.model.task,
+            "base_model": recipe.model.name_or_path,
+            "base_model_path": resolve_model_path(recipe.model.name_or_path),
+            "adapter": "lora" in cuts.names(),
+            "labels": data_info.label_names if data_info else None,
+            "max_length": recipe.data.max_length,
+        }
     _write_json(out / "leantrain.json", meta)
     saved = {"model": str(out)}
     saved.update(cuts.on_save(model, out, run))

@@ -60,7 +60,7 @@ def as_recipe(recipe: Recipe | str | os.PathLike | dict, overrides: list[str] | 
     if isinstance(recipe, dict):
         from leantrain.recipe import apply_overrides
 
-        return parse_recipe(apply_overrides(recipe, overrides or []), "<dict>")
+        return parse_recipe(apply_overrides(recipe, overrides or []), "<dict>", overrides=overrides)
     return load_recipe(recipe, overrides)
 
 
@@ -183,7 +183,10 @@ def train(
     reset_peak(device)
     try:
         fit(run, cuts, task, make_batches, evaluate, steps_per_epoch, budget_guard(recipe))
-        final_eval = evaluate()
+        state = run.state
+        weights_changed = "restored_best_step" in run.extras
+        # Reuse the last evaluation when it was of exactly these weights.
+        final_eval = state.last_eval if state.last_eval_step == state.step and not weights_changed else evaluate()
         log.write({"event": "final_eval", **final_eval}, run.state)
     except BaseException as exc:
         run.state.status = "failed"

@@ -18,6 +18,7 @@ class TrainState:
     status: str = "running"
     stop_reason: str | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int = -1
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -71,7 +71,10 @@ def load_model(model_cfg, label_names: list[str] | None = None, pad_token_id: in
             config.pad_token_id = pad_token_id
         if model_cfg.from_scratch:
             return auto.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
-        return auto.from_pretrained(path, config=config, trust_remote_code=model_cfg.trust_remote_code)
+        # A checkpoint that already has a classification head for another number of labels
+        # gets a fresh head of the right size instead of a crash.
+        extra = {"ignore_mismatched_sizes": True} if model_cfg.task == "sequence-classification" else {}
+        return auto.from_pretrained(path, config=config, trust_remote_code=model_cfg.trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load {path!r}: {str(exc).splitlines()[0]}") from None
 

@@ -1,0 +1,55 @@
+"""Fixtures for the cost-cut tests.
+
+LoRA cannot learn much on top of a *randomly initialised* frozen encoder, so cut tests
+that need a run to improve use ``tiny_base_dir``: the tiny BERT of ``tiny_bert_dir``,
+briefly trained on a separate topic data set and saved (encoder only, with weights) as
+a local "pretrained" model. Fine-tuning it gets a fresh classification head.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import pytest
+
+from cuts_helpers import shared_conftest
+
+
+@pytest.fixture(autouse=True)
+def _quiet_warnings():
+    # transformers/peft deprecation chatter is not what these tests are about.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    from leantrain import train
+
+    shared = shared_conftest()
+    root = tmp_path_factory.mktemp("tiny-base")
+    csv = shared.write_csv(root / "pretrain.csv", shared.make_topic_rows(240, seed=7))
+    result = train(
+        {
+            "model": {"name_or_path": str(tiny_bert_dir), "from_scratch": True},
+            "data": {"train": str(csv), "eval_fraction": 0.1, "max_length": 32},
+            "train": {"epochs": 4, "batch_size": 16, "lr": 1e-2, "seed": 1},
+            "output": {"dir": str(root / "run"), "save_model": False},
+        },
+        show_progress=False,
+    )
+    base = root / "base"
+    result.model.bert.save_pretrained(base)  # encoder + pooler; the head is left out
+    shared._copy_tokenizer(tiny_bert_dir, base)
+    return base
+
+
+@pytest.fixture
+def cut_recipe(tiny_recipe, tiny_base_dir) -> dict:
+    """``tiny_recipe`` fine-tuning the tiny pretrained base instead of a random model."""
+    recipe = copy.deepcopy(tiny_recipe)
+    recipe["model"] = {"name_or_path": str(tiny_base_dir)}
+    return recipe

@@ -1,0 +1,107 @@
+"""Shared helpers for the cost-cut tests (imported by the test modules of this folder)."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+
+
+def shared_conftest():
+    """The top-level tests/conftest.py as a module (for make_topic_rows, write_csv, ...)."""
+    spec = importlib.util.spec_from_file_location("leantrain_tests_shared", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_context(**kwargs):
+    from leantrain.engine.context import RunContext
+
+    return RunContext(device=CPU, train=None, **kwargs)
+
+
+def make_cut(name: str, **settings):
+    from leantrain.cuts import REGISTRY
+
+    cls = REGISTRY[name]
+    return cls(cls.Config(**settings))
+
+
+def initial_state(recipe: dict):
+    """Model, data and task exactly as ``leantrain.train(recipe)`` builds them before training.
+
+    ``train`` seeds everything and then builds tokenizer, data and model; doing the same
+    here gives the untrained model (same random head) to compare a run against.
+    """
+    from leantrain.engine.run import _hf_setup, as_recipe, seed_everything
+
+    parsed = as_recipe(copy.deepcopy(recipe))
+    seed_everything(parsed.train.seed)
+    _tokenizer, data, model, task = _hf_setup(parsed)
+    return parsed, model, data, task
+
+
+def base_param_name(name: str) -> str | None:
+    """Map a PEFT-wrapped parameter name to the plain model's name; None for adapter/head copies."""
+    if "lora_" in name or ".modules_to_save." in name:
+        return None
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class SavedTensorBytes:
+    """Bytes of distinct storages autograd saves for backward inside the context."""
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._hooks.__exit__(*exc)
+
+
+def initial_prepared(recipe: dict):
+    """The model of ``train(recipe)`` before its first step (built, then prepared by the
+    cuts) and its eval metrics: the untrained baseline of a run.
+
+    Between seeding and the first step ``train`` draws random numbers only to build the
+    model and in the cuts' ``prepare_model`` (e.g. LoRA's A matrices), in this order, so
+    repeating it gives the same initial weights, parameter names and dtypes.
+    """
+    from leantrain.cuts import build_cuts
+    from leantrain.data.batching import epoch_loader
+    from leantrain.engine.context import RunContext
+
+    parsed, model, data, task = initial_state(recipe)
+    cuts = build_cuts(parsed)
+    run = RunContext(device=CPU, train=parsed.train)
+    cuts.setup(run)
+    model = cuts.prepare_model(model, run)
+    was_training = model.training
+    model.eval()
+    loader = epoch_loader(data.eval, parsed.train.batch_size, data.collate, parsed.train.seed, 0, shuffle=False)
+    metrics = task.evaluate(model, loader, lambda: cuts.forward_context(run), CPU)
+    model.train(was_training)
+    return model, metrics
