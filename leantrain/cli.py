@@ -18,6 +18,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a recipe value (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--resume", metavar="auto|PATH",
+                       help="continue from the newest valid checkpoint of the run directory (auto) or from PATH")
+    train.add_argument("--no-smoke", action="store_true", help="skip the smoke test that runs before training")
+
+    smoke = sub.add_parser("smoke", help="a one-minute check of a recipe before paying for the run")
+    smoke.add_argument("recipe")
+    smoke.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
     predict = sub.add_parser("predict", help="predict with a trained run, one JSON line per input")
     predict.add_argument("run_dir")
@@ -29,15 +36,48 @@ def _parser() -> argparse.ArgumentParser:
     recipe.add_argument("recipe", nargs="?")
     recipe.add_argument("--set", dest="overrides", action="append", default=[])
     recipe.add_argument("--reference", action="store_true", help="print every key with its default and meaning")
+
+    data = sub.add_parser("data", help="deduplicate a data file, or prepare (tokenize and cache) a recipe's data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    dedup = data_sub.add_parser("dedup", help="drop exact and near duplicates and junk rows; write the rest and a report")
+    dedup.add_argument("input", help="CSV/JSONL/Parquet, a folder of text files, or a saved `datasets` folder")
+    dedup.add_argument("--text-column", default="text")
+    dedup.add_argument("--near", default="0.8", metavar="THRESHOLD",
+                       help="word-shingle Jaccard at or above which a row is a near duplicate (default 0.8; 0 or off disables)")
+    dedup.add_argument("--no-exact", action="store_true", help="keep exact duplicates")
+    dedup.add_argument("--output", required=True, help="where the kept rows go (.csv/.jsonl/.parquet); the report goes to OUTPUT.report.json")
+    prepare = data_sub.add_parser("prepare", help="read, curate, split and tokenize a recipe's data into the cache; print the stats")
+    prepare.add_argument("recipe")
+    prepare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return parser
 
 
+# Exit codes by final status: a preempted run exits like the signal that stopped it.
+STATUS_EXIT = {"completed": 0, "early_stopped": 0, "budget_exhausted": 0, "diverged": 3, "failed": 1}
+
+
 def _train(args) -> int:
+    import signal
+
     from leantrain.engine.run import describe_result, train
 
-    result = train(args.recipe, overrides=args.overrides, show_progress=not args.quiet)
-    print(describe_result(result.summary))
+    if not args.no_smoke:
+        _smoke(args)
+    result = train(args.recipe, overrides=args.overrides, resume=args.resume, show_progress=not args.quiet)
+    summary = result.summary
+    print(describe_result(summary))
     print(f"run directory: {result.run_dir}")
+    if summary["status"] == "preempted":
+        return 128 + int(getattr(signal, summary.get("signal") or "SIGTERM"))
+    return STATUS_EXIT.get(summary["status"], 1)
+
+
+def _smoke(args) -> int:
+    from leantrain.smoke import run_smoke
+
+    print(f"smoke test of {args.recipe}:", flush=True)
+    run_smoke(args.recipe, args.overrides)
+    print("smoke test passed", flush=True)
     return 0
 
 
@@ -65,7 +105,13 @@ def _recipe(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "predict": _predict, "recipe": _recipe}
+def _data(args) -> int:
+    from leantrain.data.commands import run
+
+    return run(args)
+
+
+COMMANDS = {"train": _train, "smoke": _smoke, "predict": _predict, "recipe": _recipe, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

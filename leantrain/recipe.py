@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from leantrain.cuts import REGISTRY
+from leantrain.data.curate import CurateSettings
 from leantrain.errors import RecipeError
 
 
@@ -39,13 +40,39 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    train: str | None = Field(None, description="Training file: .csv, .jsonl/.json or .parquet.")
-    eval: str | None = Field(None, description="Evaluation file; if unset, `eval_fraction` of train is held out.")
+    train: str | None = Field(
+        None,
+        description="Training data: a .csv, .jsonl/.json or .parquet file; a folder of text files (one example per file, subfolder name = label); "
+        "a `datasets` save_to_disk folder (`folder::split` picks a split, default train); or a hub dataset name available offline.",
+    )
+    eval: str | None = Field(None, description="Evaluation data (same kinds as `train`); if unset, `eval_fraction` of train is held out.")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out for eval when `eval` is unset (seeded by train.seed).")
     text_column: str = Field("text", description="Column holding the input text.")
     label_column: str = Field("label", description="Column holding the class label (classification only).")
     max_length: int = Field(128, ge=2, description="Tokens kept per example; longer texts are truncated. Batches are padded only to their longest row.")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows of each file (quick trials).")
+    curate: CurateSettings = Field(
+        default_factory=lambda: CurateSettings(enabled=False),
+        description="Drop duplicate, near-duplicate, empty and junk training rows, and training rows that leak eval rows. `curate: true` turns it on with defaults.",
+    )
+    cache: bool = Field(
+        True,
+        description="Tokenize once: reuse the tokenized examples when the data bytes, the tokenizer and every setting that shapes them "
+        "(columns, max_length, limit, split, seed, `data.curate`, task) are unchanged.",
+    )
+    cache_dir: str | None = Field(
+        None, description="Where tokenized examples are cached; default $LEANTRAIN_CACHE_DIR, else ~/.cache/leantrain/tokenized."
+    )
+
+    @field_validator("curate", mode="before")
+    @classmethod
+    def _curate_shorthand(cls, value: Any) -> Any:
+        # ``curate: true`` turns curation on with its defaults; ``curate: false`` (or null) off.
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if value is None:
+            return {"enabled": False}
+        return value
 
 
 class TrainSection(Section):
@@ -62,6 +89,12 @@ class TrainSection(Section):
     log_every: int = Field(10, ge=1, description="Write a metrics line every N optimizer steps.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="`auto` picks CUDA when present, else CPU.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null keeps torch's default.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps (null: only on preemption and at the end).")
+    checkpoint_minutes: float | None = Field(None, gt=0, description="Also checkpoint when this many minutes passed since the last one.")
+    keep_checkpoints: int = Field(2, ge=2, description="Checkpoints kept on disk; older ones are pruned (at least 2, so a damaged newest one has a fallback).")
+    max_bad_steps: int = Field(5, ge=1, description="Stop as `diverged` after this many optimizer steps in a row with a NaN/Inf loss or gradient (each is skipped).")
+    bucket_by_length: bool = Field(True, description="Group examples of similar length into batches (shuffled batch order), so padding stays small.")
+    data_workers: int = Field(0, ge=0, description="Worker processes that collate batches ahead of the training step (0: in the main process).")
 
 
 class BudgetSection(Section):

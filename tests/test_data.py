@@ -15,6 +15,12 @@ from leantrain.data.text import load_text_data
 from leantrain.recipe import DataSection, ModelSection
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test gets its own tokenized cache: no state shared with other tests or users."""
+    monkeypatch.setenv("LEANTRAIN_CACHE_DIR", str(tmp_path / "tokenized-cache"))
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_bert_dir):
     from leantrain.models import load_tokenizer
@@ -93,7 +99,7 @@ def test_limit_uses_only_the_first_rows(tmp_path, tokenizer):
     path = write_rows(tmp_path / "d.csv", rows)
     assert read_rows(path, limit=7) == rows[:7]
     data = load(tokenizer, train=str(path), limit=10, eval_fraction=0.2)
-    assert data.stats == {"rows_train": 8, "rows_eval": 2}
+    assert (data.stats["rows_train"], data.stats["rows_eval"], data.stats["rows_in"]) == (8, 2, 10)
     seen = {tuple(ex["input_ids"]) for ex in data.train + data.eval}
     assert seen == set(ids_of(tokenizer, rows[:10]))
 

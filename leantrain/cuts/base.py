@@ -49,6 +49,7 @@ class Cut:
       scale_loss(loss, run)           change the loss before backward (grad scaling)
       on_before_optimizer_step(opt, run)  gradients are complete (unscale before clipping)
       optimizer_step(optimizer, run)  take over the optimizer step; return True if done
+      on_skipped_step(run)            the update was skipped for a NaN/Inf (fp16 rescales)
       on_step_end(run)                after every optimizer step
       on_eval_end(metrics, run)       after evaluation; return a reason string to stop
       on_fit_end(run)                 training is over (e.g. restore the best weights)
@@ -82,6 +83,10 @@ class Cut:
         pass
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, run: "RunContext") -> bool:
+        return False
+
+    def on_skipped_step(self, run: "RunContext") -> bool:
+        """The update was skipped (NaN/Inf). Return True if this cut expects such skips."""
         return False
 
     def on_step_end(self, run: "RunContext") -> None:
@@ -158,6 +163,9 @@ class CutStack:
             raise RuntimeError(f"cuts {[c.name for c in owners]} all stepped the optimizer")
         if not owners:
             optimizer.step()
+
+    def on_skipped_step(self, run) -> bool:
+        return any([cut.on_skipped_step(run) for cut in self.cuts])  # a list: call every cut
 
     def on_step_end(self, run) -> None:
         for cut in self.cuts:

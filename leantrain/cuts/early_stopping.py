@@ -82,12 +82,15 @@ class EarlyStopping(Cut):
         run.extras["best_" + self.config.metric] = self.best
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
+        # The best weights are part of the state: a resumed run must restore the same ones.
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
         self.best_step = state.get("best_step")
         self.bad_evals = state.get("bad_evals", 0)
+        self.best_weights = state.get("best_weights")
 
 
 register(EarlyStopping)

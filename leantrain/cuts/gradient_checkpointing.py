@@ -63,7 +63,10 @@ class GradientCheckpointing(Cut):
 
     def prepare_model(self, model: torch.nn.Module, run) -> torch.nn.Module:
         if hasattr(model, "gradient_checkpointing_enable") and not self.config.modules:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             config = getattr(model, "config", None)
             if config is not None and hasattr(config, "use_cache"):
                 config.use_cache = False  # a KV cache is useless in training and defeats checkpointing

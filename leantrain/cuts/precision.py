@@ -94,6 +94,12 @@ class Precision(Cut):
         self.scaler.update()
         return True
 
+    def on_skipped_step(self, run) -> bool:
+        if not self.scaler:
+            return False
+        self.scaler.update()  # overflow: shrink the loss scale, as scaler.step would have
+        return True
+
     def state_dict(self) -> dict:
         return {"scaler": self.scaler.state_dict()} if getattr(self, "scaler", None) else {}
 

@@ -21,7 +21,10 @@ class CurateSettings(BaseModel):
     """The ``data.curate`` recipe section (also the options of `leantrain data dedup`)."""
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(True, description="Curate the training data before tokenizing.")
+    enabled: bool = Field(
+        True,
+        description="Curate the training data before tokenizing. A recipe has no curation unless it says `curate: true` (these defaults) or gives the section.",
+    )
     exact_dedup: bool = Field(True, description="Drop rows whose normalised text (NFKC, case-folded, white space collapsed) was seen before.")
     near_dedup: float | None = Field(
         0.8, gt=0, le=1, description="Drop rows whose word-shingle Jaccard similarity to an earlier row is at least this (MinHash LSH); null disables."
@@ -93,7 +96,10 @@ class NearDuplicateIndex:
         from datasketch import MinHashLSH
 
         self.threshold, self.num_perm, self.size = threshold, num_perm, shingle_words
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # Every LSH candidate is confirmed against the threshold below, so a false
+        # candidate costs one signature comparison while a missed one is a duplicate
+        # kept: tune the bands for recall (weights = false positive, false negative).
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
         self.hashes: dict[int, object] = {}
 
     def signature(self, text: str):

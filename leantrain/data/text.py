@@ -1,7 +1,10 @@
 """Turn text tables into tokenized examples for classification or causal LM.
 
 Tokenization truncates to ``max_length`` but never pads: padding happens per batch, to
-the longest row of that batch, so short texts do not pay for long ones.
+the longest row of that batch, so short texts do not pay for long ones. With
+``data.curate`` on, duplicate, junk and eval-leaking training rows are dropped before
+tokenizing (no point paying to train on them). The result is cached on disk by a
+fingerprint of every input (see ``cache.py``), so a second run tokenizes nothing.
 """
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from leantrain.data.sources import read_rows
+from leantrain.data.cache import TokenCache, cache_root, fingerprint, tokenizer_fingerprint
+from leantrain.data.curate import curate_texts
+from leantrain.data.sources import Source, open_source, split_spec
 from leantrain.errors import DataError
 
 
@@ -73,45 +78,121 @@ def _split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], li
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable) -> TextData:
-    """Read, split, label-map and tokenize the recipe's data section."""
-    from transformers import DataCollatorWithPadding
+def _resolve(spec: str, resolve: Callable) -> str:
+    """Resolve the path part of ``path::split`` against the recipe; keep the split."""
+    base, split = split_spec(spec)
+    path = str(resolve(base))
+    return f"{path}::{split}" if split else path
 
+
+def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable) -> TextData:
+    """Read, curate, split, label-map and tokenize the recipe's data section (or reuse the cache)."""
     if not data_cfg.train:
         raise DataError("data.train: no training file given")
     classify = task == "sequence-classification"
-    columns = [data_cfg.text_column] + ([data_cfg.label_column] if classify else [])
-    train_path = resolve(data_cfg.train)
-    train_rows = read_rows(train_path, data_cfg.limit, columns)
-    if data_cfg.eval:
-        eval_path = resolve(data_cfg.eval)
-        eval_rows = read_rows(eval_path, data_cfg.limit, columns)
-    else:
-        eval_path = train_path
-        train_rows, eval_rows = _split(train_rows, data_cfg.eval_fraction, seed)
+    train_src = open_source(_resolve(data_cfg.train, resolve))
+    eval_src = open_source(_resolve(data_cfg.eval, resolve)) if data_cfg.eval else None
+    cache = key = None
+    if data_cfg.cache:
+        cache = TokenCache(cache_root(data_cfg.cache_dir))
+        key = fingerprint(cache_inputs(data_cfg, task, tokenizer, seed, train_src, eval_src))
+        entry = cache.load(key)
+        if entry is not None:
+            return _text_data(entry.train, entry.eval, entry.meta, tokenizer, classify, hit=True, key=key)
+    train, evaluation, meta = _prepare(data_cfg, classify, tokenizer, seed, train_src, eval_src)
+    if cache is not None:
+        cache.store(key, train, evaluation, meta)
+    return _text_data(train, evaluation, meta, tokenizer, classify, hit=False, key=key)
 
-    def encode(rows: list[dict], source) -> list[dict]:
+
+def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, eval_src: Source | None) -> dict:
+    """Everything that shapes the tokenized examples, and nothing else (irrelevant settings
+    such as the seed when an eval file is given would only cause needless misses)."""
+    import tokenizers
+
+    split_by_seed = eval_src is None
+    return {
+        "train": {"kind": train_src.kind, "split": train_src.split, "content": train_src.fingerprint()},
+        "eval": {"kind": eval_src.kind, "split": eval_src.split, "content": eval_src.fingerprint()} if eval_src else None,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "tokenizers_version": tokenizers.__version__,
+        "task": task,
+        "text_column": data_cfg.text_column,
+        "label_column": data_cfg.label_column if task == "sequence-classification" else None,
+        "max_length": data_cfg.max_length,
+        "limit": data_cfg.limit,
+        "eval_fraction": data_cfg.eval_fraction if split_by_seed else None,
+        "seed": seed if split_by_seed else None,
+        "curate": data_cfg.curate.model_dump() if data_cfg.curate.enabled else None,
+    }
+
+
+def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, eval_src: Source | None):
+    """The uncached path: rows -> split -> curation -> tokens and labels, plus stats."""
+    columns = [data_cfg.text_column] + ([data_cfg.label_column] if classify else [])
+    train_rows = train_src.rows(data_cfg.limit, columns)
+    if eval_src is not None:
+        eval_rows = eval_src.rows(data_cfg.limit, columns)
+    else:
+        # Split before curating: the eval set is then the same with curation on or off,
+        # so the two runs are measured on the same rows.
+        train_rows, eval_rows = _split(train_rows, data_cfg.eval_fraction, seed)
+    eval_name = (eval_src or train_src).name
+    rows_in = len(train_rows) + len(eval_rows)
+    curation = None
+    if data_cfg.curate.enabled:
+        train_texts = _texts(train_rows, data_cfg.text_column, train_src.name)
+        eval_texts = _texts(eval_rows, data_cfg.text_column, eval_name)
+        keep, report = curate_texts(train_texts, data_cfg.curate, eval_texts)
+        curation = report.to_dict()
+        curation.pop("examples")
+        if not keep:
+            raise DataError(f"{train_src.name}: curation removed every training row ({curation['removed_by_reason']})")
+        train_rows = [train_rows[i] for i in keep]
+
+    def encode(rows: list[dict], source: str) -> list[dict]:
         if not rows:  # eval_fraction: 0 holds nothing out (tokenizers fail on an empty batch)
             return []
-        enc = tokenizer(_texts(rows, data_cfg.text_column, str(source)), truncation=True, max_length=data_cfg.max_length)
+        enc = tokenizer(_texts(rows, data_cfg.text_column, source), truncation=True, max_length=data_cfg.max_length)
         return [dict(zip(enc.keys(), values)) for values in zip(*enc.values())]
 
-    train, evaluation = encode(train_rows, train_path), encode(eval_rows, eval_path)
-    stats = {"rows_train": len(train), "rows_eval": len(evaluation)}
-    if not classify:
-        return TextData(train, evaluation, CausalLMCollator(tokenizer), stats=stats)
+    train, evaluation = encode(train_rows, train_src.name), encode(eval_rows, eval_name)
+    duplicates = sum(curation[k] for k in ("exact_duplicates", "near_duplicates", "eval_overlap")) if curation else 0
+    stats = {
+        "rows_in": rows_in,
+        "rows_out": len(train) + len(evaluation),
+        "rows_train": len(train),
+        "rows_eval": len(evaluation),
+        "duplicates_removed": duplicates,
+        "curation": curation,
+    }
+    meta = {"label_names": None, "majority_label": None, "stats": stats}
+    if classify:
+        meta.update(_label(train, evaluation, train_rows, eval_rows, data_cfg.label_column, train_src.name, eval_name))
+    return train, evaluation, meta
 
-    train_labels = [str(r[data_cfg.label_column]) for r in train_rows]
+
+def _label(train, evaluation, train_rows, eval_rows, column: str, train_name: str, eval_name: str) -> dict:
+    """Map label strings to ids (in place on the examples); the names and majority class."""
+    train_labels = [str(r[column]) for r in train_rows]
     names = _label_names(train_labels)
     if len(names) < 2:
-        raise DataError(f"{train_path}: label column {data_cfg.label_column!r} has only one class ({names[0]!r})")
+        raise DataError(f"{train_name}: label column {column!r} has only one class ({names[0]!r})")
     index = {name: i for i, name in enumerate(names)}
-    unknown = sorted({str(r[data_cfg.label_column]) for r in eval_rows} - set(index))
+    unknown = sorted({str(r[column]) for r in eval_rows} - set(index))
     if unknown:
-        raise DataError(f"{eval_path}: eval label {unknown[0]!r} never appears in the training data")
+        raise DataError(f"{eval_name}: eval label {unknown[0]!r} never appears in the training data")
     for ex, row in zip(train, train_rows):
-        ex["labels"] = index[str(row[data_cfg.label_column])]
+        ex["labels"] = index[str(row[column])]
     for ex, row in zip(evaluation, eval_rows):
-        ex["labels"] = index[str(row[data_cfg.label_column])]
-    majority = index[Counter(train_labels).most_common(1)[0][0]]
-    return TextData(train, evaluation, DataCollatorWithPadding(tokenizer), names, majority, stats)
+        ex["labels"] = index[str(row[column])]
+    return {"label_names": names, "majority_label": index[Counter(train_labels).most_common(1)[0][0]]}
+
+
+def _text_data(train, evaluation, meta: dict, tokenizer, classify: bool, hit: bool, key: str | None) -> TextData:
+    from transformers import DataCollatorWithPadding
+
+    stats = {**meta["stats"], "cache_hit": hit, "cache_key": key}
+    if not classify:
+        return TextData(train, evaluation, CausalLMCollator(tokenizer), stats=stats)
+    return TextData(train, evaluation, DataCollatorWithPadding(tokenizer), meta["label_names"], meta["majority_label"], stats)

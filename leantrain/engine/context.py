@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from leantrain.engine.signals import StopSignals
 from leantrain.engine.state import TrainState
 
 
@@ -26,6 +27,7 @@ class RunContext:
     batches_per_epoch: int = 0
     log: Callable[[dict], None] = lambda event: None
     extras: dict[str, Any] = field(default_factory=dict)  # per-run facts cuts report (summary)
+    signals: StopSignals = field(default_factory=StopSignals)  # SIGTERM/SIGINT -> stop at a safe point
 
     @property
     def device_type(self) -> str:

@@ -1,8 +1,9 @@
 """The training loop. Read it top to bottom: this is all a leantrain run does per step.
 
 It owns device placement, the step (forward, loss, backward, optimizer, scheduler),
-evaluation cadence and stopping. It knows hook points, never techniques: LoRA,
-precision, checkpointing, accumulation and early stopping all act through ``cuts``.
+evaluation and checkpoint cadence, and stopping. It knows hook points, never
+techniques: LoRA, precision, checkpointing, accumulation and early stopping all act
+through ``cuts``.
 
 Losses are summed, then divided by the number of samples (or target tokens) in the
 whole optimizer step, so k micro-batches of b give exactly the update of one batch of
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Callable, Iterable, Iterator
 
 import torch
 
 from leantrain.cuts.base import CutStack
 from leantrain.engine.context import RunContext
+from leantrain.engine.signals import Preempted
 
 
 def move_to_device(batch, device: torch.device):
@@ -25,7 +28,7 @@ def move_to_device(batch, device: torch.device):
     if torch.is_tensor(batch):
         # non_blocking only helps (and is only safe) for pinned host memory going to CUDA.
         return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # dicts and transformers' BatchEncoding
         return {k: move_to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(v, device) for v in batch)
@@ -54,69 +57,103 @@ def fit(
     run: RunContext,
     cuts: CutStack,
     task,
-    make_train_batches: Callable[[int], Iterable],
+    batches_from: Callable[[int, int], Iterable],
     evaluate: Callable[[], dict[str, float]],
     steps_per_epoch: int,
+    checkpoint: Callable[[str], None] = lambda why: None,
     should_stop: Callable[[RunContext], str | None] = lambda run: None,
 ) -> None:
-    """Train ``run.model`` until the step budget, an epoch budget or a cut says stop."""
+    """Train ``run.model`` until the step budget, an epoch budget, a cut, a guard or a
+    stop signal says stop. ``batches_from(epoch, start)`` yields that epoch's batches
+    from batch ``start`` on; ``checkpoint(why)`` is told "due", "preempted" or "end"
+    and decides whether to save."""
     model, optimizer, state, cfg = run.model, run.optimizer, run.state, run.train
     total_epochs = math.ceil(cfg.epochs)
     eval_every = cfg.eval_every or steps_per_epoch
     clip_params = run.trainable_parameters()
+    max_norm = cfg.max_grad_norm or math.inf
+
+    def stop(reason: str, status: str) -> None:
+        state.stop_reason, state.status = reason, status
+
+    def run_eval() -> None:
+        state.last_eval, state.last_eval_step = evaluate(), state.step
+        run.log({"event": "eval", **state.last_eval})
+        if reason := cuts.on_eval_end(state.last_eval, run):
+            stop(reason, "early_stopped")
+
     model.train()
     started = time.perf_counter()
     wait = [0.0]
+    try:
+        # A resumed run whose evaluation was interrupted by preemption redoes it first.
+        if state.step > 0 and state.last_eval_step != state.step and (state.step % eval_every == 0 or state.step >= run.total_steps):
+            run_eval()
+        if state.stop_reason is None and state.step >= run.total_steps:
+            stop("reached the step budget", "completed")
 
-    while state.epoch < total_epochs and state.stop_reason is None:
-        for group in step_groups(make_train_batches(state.epoch), run.micro_batches_per_step, wait):
-            # -- forward and backward over the micro-batches of one optimizer step --
-            denominator = sum(task.count(batch) for batch in group)
-            step_loss = torch.zeros((), device=run.device)
-            for batch in group:
-                batch = move_to_device(batch, run.device)
-                with cuts.forward_context(run):
-                    loss_sum = task.loss_sum(model, batch)
-                loss = loss_sum / denominator
-                cuts.scale_loss(loss, run).backward()
-                step_loss += loss.detach()
-                state.batch_in_epoch += 1
+        while state.epoch < total_epochs and state.stop_reason is None:
+            for group in step_groups(batches_from(state.epoch, state.batch_in_epoch), run.micro_batches_per_step, wait):
+                # -- forward and backward over the micro-batches of one optimizer step --
+                denominator = sum(task.count(batch) for batch in group)
+                step_loss = torch.zeros((), device=run.device)
+                for batch in group:
+                    batch = move_to_device(batch, run.device)
+                    with cuts.forward_context(run):
+                        loss = task.loss_sum(model, batch) / denominator
+                    cuts.scale_loss(loss, run).backward()
+                    step_loss += loss.detach()
+                state.batch_in_epoch += len(group)
 
-            # -- the update --
-            cuts.on_before_optimizer_step(optimizer, run)
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(clip_params, cfg.max_grad_norm)
-            cuts.optimizer_step(optimizer, run)
-            run.scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.samples_seen += sum(task.batch_size(batch) for batch in group)
-            cuts.on_step_end(run)
+                # -- the update, skipped when the loss or a gradient is NaN/Inf --
+                cuts.on_before_optimizer_step(optimizer, run)
+                grad_norm = torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+                loss_ok, grads_ok = torch.stack([step_loss.isfinite(), grad_norm.isfinite()]).tolist()  # one host sync
+                if loss_ok and grads_ok:
+                    cuts.optimizer_step(optimizer, run)
+                    state.bad_steps_in_a_row = 0
+                else:
+                    # An fp16 overflow that the grad scaler handles is routine, not divergence.
+                    routine = cuts.on_skipped_step(run) and loss_ok
+                    state.skipped_steps += 1
+                    state.bad_steps_in_a_row += 0 if routine else 1
+                    run.log({"event": "skipped_step", "loss": step_loss.item(), "grad_norm": grad_norm.item()})
+                run.scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.samples_seen += sum(task.batch_size(batch) for batch in group)
+                cuts.on_step_end(run)
 
-            # -- bookkeeping: logging, evaluation, stopping --
-            state.train_seconds += time.perf_counter() - started
-            state.data_wait_seconds += wait[0]
-            started, wait[0] = time.perf_counter(), 0.0
-            if state.step % cfg.log_every == 0 or state.step == run.total_steps:
-                # .item() syncs with the device: only on logging steps.
-                run.log({"event": "train", "loss": step_loss.item(), "lr": run.scheduler.get_last_lr()[0]})
-            if state.step % eval_every == 0 or state.step == run.total_steps:
-                state.last_eval, state.last_eval_step = evaluate(), state.step
-                run.log({"event": "eval", **state.last_eval})
-                state.stop_reason = cuts.on_eval_end(state.last_eval, run)
+                # -- bookkeeping: time, logging, evaluation, checkpoints, stopping --
+                state.train_seconds += time.perf_counter() - started
+                state.data_wait_seconds += wait[0]
+                if state.step % cfg.log_every == 0 or state.step == run.total_steps:
+                    run.log({"event": "train", "loss": step_loss.item(), "lr": run.scheduler.get_last_lr()[0]})
+                if state.step % eval_every == 0 or state.step == run.total_steps:
+                    run_eval()
+                if state.bad_steps_in_a_row >= cfg.max_bad_steps:
+                    stop(f"{state.bad_steps_in_a_row} steps in a row had a NaN/Inf loss or gradient", "diverged")
+                if state.stop_reason is None and state.step >= run.total_steps:
+                    stop("reached the step budget", "completed")
+                if state.stop_reason is None and (reason := should_stop(run)):
+                    stop(reason, "budget_exhausted")
+                run.signals.check()
+                if state.stop_reason is None and state.bad_steps_in_a_row == 0:  # never checkpoint a bad streak
+                    checkpoint("due")
+                started, wait[0] = time.perf_counter(), 0.0  # eval and checkpoint time are not training time
                 if state.stop_reason:
-                    state.status = "early_stopped"
-                started = time.perf_counter()  # evaluation time is not training time
-            if state.stop_reason is None and state.step >= run.total_steps:
-                state.stop_reason, state.status = "reached the step budget", "completed"
-            if state.stop_reason is None and (reason := should_stop(run)):
-                state.stop_reason, state.status = reason, "budget_exhausted"
-            if state.stop_reason:
-                break
-        else:
-            state.epoch += 1
-            state.batch_in_epoch = 0
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
 
-    if state.stop_reason is None:
-        state.stop_reason, state.status = "finished all epochs", "completed"
+        if state.stop_reason is None:
+            stop("finished all epochs", "completed")
+    except Preempted as signal_name:
+        # The last finished step is a consistent state: save it, then stop.
+        stop(f"{signal_name} received", "preempted")
+        checkpoint("preempted")
+        return
+    if state.status != "diverged":  # a diverged run keeps its last good checkpoint
+        checkpoint("end")
     cuts.on_fit_end(run)

@@ -71,7 +71,8 @@ def _param_counts(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dict, prepare_seconds: float, peak) -> dict:
+def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dict, prepare_seconds: float, peak,
+                  signal_name: str | None = None, data: dict | None = None) -> dict:
     state = run.state
     trainable, total = _param_counts(run.model) if run.model is not None else (0, 0)
     price = recipe.hardware.price_per_hour
@@ -79,6 +80,9 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "version": SUMMARY_VERSION,
         "status": state.status,
         "stop_reason": state.stop_reason,
+        "signal": signal_name,
+        "skipped_steps": state.skipped_steps,
+        "resumed_from_steps": state.resumed_from,
         "eval": final_eval,
         "steps": state.step,
         "epochs": round(state.epoch + state.batch_in_epoch / max(run.batches_per_epoch, 1), 3),
@@ -87,6 +91,11 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "samples_per_second": round(state.samples_seen / state.train_seconds, 3) if state.train_seconds else 0.0,
         "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else 0.0,
         "prepare_seconds": round(prepare_seconds, 3),
+        "data": {
+            **{k: v for k, v in (data or {}).items() if not isinstance(v, (list, tuple))},
+            "prepare_seconds": round(prepare_seconds, 3),
+            "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else 0.0,
+        },
         "trainable_params": trainable,
         "total_params": total,
         "peak_memory_bytes": peak[0],

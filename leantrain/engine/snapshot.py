@@ -98,6 +98,7 @@ def save_snapshot(folder: Path, run, cuts) -> None:
         "rng": split_tensors(rng_state(), "rng", tensors),
         "train_state": run.state.to_dict(),
         "cuts": split_tensors(cuts.state_dict(), "cuts", tensors),
+        "extras": split_tensors(run.extras, "extras", tensors),
     }
     save_tensors(folder / TENSORS, tensors)
     write_json(folder / STATE, state)
@@ -120,4 +121,5 @@ def load_snapshot(folder: Path, run, cuts) -> None:
     run.scheduler.load_state_dict(join_tensors(state["scheduler"], tensors))
     cuts.load_state_dict(join_tensors(state["cuts"], tensors))
     run.state = TrainState.from_dict(state["train_state"])
+    run.extras.update(join_tensors(state.get("extras", {}), tensors))
     set_rng_state(join_tensors(state["rng"], tensors))

@@ -15,6 +15,9 @@ class TrainState:
     samples_seen: int = 0
     train_seconds: float = 0.0    # wall time spent in fit(), summed over resumes
     data_wait_seconds: float = 0.0
+    skipped_steps: int = 0        # updates skipped for a NaN/Inf loss or gradient
+    bad_steps_in_a_row: int = 0
+    resumed_from: list[int] = field(default_factory=list)  # steps this run was resumed at
     status: str = "running"
     stop_reason: str | None = None
     last_eval: dict[str, float] = field(default_factory=dict)

@@ -53,3 +53,29 @@ def cut_recipe(tiny_recipe, tiny_base_dir) -> dict:
     recipe = copy.deepcopy(tiny_recipe)
     recipe["model"] = {"name_or_path": str(tiny_base_dir)}
     return recipe
+
+
+def write_topic_vectors(path: Path, dim: int = 32, seed: int = 0) -> Path:
+    """A GloVe-style text file in which each topic's words share one direction.
+
+    Informative by construction: the words that decide a topic_csv label point the same
+    way, filler words are small noise. Used to warm-start the tiny models' embeddings.
+    """
+    import torch
+
+    shared = shared_conftest()
+    gen = torch.Generator().manual_seed(seed)
+    directions = torch.linalg.qr(torch.randn(dim, dim, generator=gen))[0][:, : len(shared.TOPIC_WORDS)].T
+    lines = []
+    for direction, topic in zip(directions, sorted(shared.TOPIC_WORDS)):
+        for word in shared.TOPIC_WORDS[topic]:
+            lines.append((word, direction + 0.1 * torch.randn(dim, generator=gen)))
+    lines += [(word, 0.1 * torch.randn(dim, generator=gen)) for word in shared.FILLER]
+    path.write_text("".join(f"{w} {' '.join(f'{x:.6f}' for x in v.tolist())}\n" for w, v in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def topic_vectors(tmp_path_factory) -> Path:
+    """32-dim topic vectors (the tiny models' width) for `cuts.warm_start.source`."""
+    return write_topic_vectors(tmp_path_factory.mktemp("vectors") / "topics.txt")

@@ -38,11 +38,12 @@ def initial_state(recipe: dict):
     ``train`` seeds everything and then builds tokenizer, data and model; doing the same
     here gives the untrained model (same random head) to compare a run against.
     """
-    from leantrain.engine.run import _hf_setup, as_recipe, seed_everything
+    from leantrain.engine.run import as_recipe
+    from leantrain.engine.session import load_hf_parts, seed_everything
 
     parsed = as_recipe(copy.deepcopy(recipe))
     seed_everything(parsed.train.seed)
-    _tokenizer, data, model, task = _hf_setup(parsed)
+    _tokenizer, data, model, task = load_hf_parts(parsed)
     return parsed, model, data, task
 
 

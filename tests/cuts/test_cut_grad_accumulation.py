@@ -9,7 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cuts_helpers import initial_state, shared_conftest
 from leantrain import train
-from leantrain.data.batching import epoch_loader
+from leantrain.data.batching import epoch_loader, epoch_order
 
 
 @pytest.mark.parametrize("n,b,k", [(30, 4, 3), (26, 4, 2), (42, 4, 3), (9, 2, 4)])
@@ -154,9 +154,13 @@ def test_causal_lm_accumulation_normalises_by_tokens(tmp_path, tiny_llama_dir):
     assert max_weight_diff(accumulated.model, untrained) > 1e-3
 
     # Independent reference for the first step: transformers' own causal-LM loss, the mean
-    # over all target tokens of the first 12 shuffled rows. A per-row or per-micro-batch
+    # over all target tokens of the first step's 12 rows. A per-row or per-micro-batch
     # average would give a different gradient.
-    first_rows = next(iter(epoch_loader(data.train, 12, data.collate, 0, 0)))
+    # The engine buckets by length (train.bucket_by_length defaults to true): step 0 holds
+    # the examples of the first step of that order.
+    lengths = [len(ex["input_ids"]) for ex in data.train]
+    first_step = epoch_order(len(data.train), 12, 0, 0, lengths, bucket=True)[0]
+    first_rows = data.collate([data.train[i] for i in first_step])
     untrained.train()
     untrained(**first_rows).loss.backward()
     reference = {n: p.grad for n, p in untrained.named_parameters()}

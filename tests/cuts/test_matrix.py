@@ -27,6 +27,18 @@ ALONE = {"precision": "bf16"}
 TOGETHER = {"precision": {"dtype": "bf16", "frozen_dtype": "bf16"}, "grad_accumulation": 2}
 
 
+@pytest.fixture
+def file_settings(tiny_base_dir) -> dict[str, dict]:
+    """Settings naming files that fixtures create: merged into ALONE and TOGETHER.
+
+    warm_start copies the tiny base's own embeddings (another model's matrix, same
+    vocabulary: row-for-row). Unrelated vectors would overwrite what the pretrained base
+    learned, which a 24-step fine-tune does not recover (see test_cut_warm_start.py for
+    the cut's benefit, on a model trained from scratch).
+    """
+    return {"warm_start": {"source": f"model:{tiny_base_dir}"}}
+
+
 def test_registry_is_not_empty_and_names_match():
     assert {"lora", "gradient_checkpointing", "precision", "grad_accumulation", "early_stopping"} <= set(CUTS)
     for name, cls in REGISTRY.items():
@@ -87,9 +99,9 @@ def check_run(recipe: dict) -> tuple[dict, torch.nn.Module]:
 
 
 @pytest.mark.parametrize("name", CUTS)
-def test_each_cut_trains_the_tiny_recipe(name, cut_recipe):
+def test_each_cut_trains_the_tiny_recipe(name, cut_recipe, file_settings):
     recipe = copy.deepcopy(cut_recipe)
-    recipe["cuts"] = {name: ALONE.get(name, True)}
+    recipe["cuts"] = {name: {**ALONE, **file_settings}.get(name, True)}
     summary, model = check_run(recipe)
     assert summary["cuts"] == [name]
     if name == "lora":
@@ -97,9 +109,9 @@ def test_each_cut_trains_the_tiny_recipe(name, cut_recipe):
         assert len(frozen) > len(list(model.parameters())) / 2  # the base is frozen
 
 
-def test_all_cuts_together(cut_recipe):
+def test_all_cuts_together(cut_recipe, file_settings):
     recipe = copy.deepcopy(cut_recipe)
-    recipe["cuts"] = {name: TOGETHER.get(name, True) for name in CUTS}
+    recipe["cuts"] = {name: {**TOGETHER, **file_settings}.get(name, True) for name in CUTS}
     summary, model = check_run(recipe)
 
     assert sorted(summary["cuts"]) == CUTS

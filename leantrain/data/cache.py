@@ -1,0 +1,292 @@
+"""Tokenize once: tokenized examples cached on disk, keyed by everything that shapes them.
+
+Tokenizing (and curating) the same data again for every run of a sweep is pure waste, so
+``load_text_data`` stores its result under a *fingerprint*: the sha256 of the source
+bytes, the tokenizer (its full serialized definition, class and special tokens) and every
+preprocessing setting. Equal fingerprint means equal result, so a hit is safe to reuse and
+any change (one byte of data, ``max_length``, the seed of the split...) is a miss.
+
+An entry is a folder of Arrow IPC shards (read memory-mapped), a JSON metadata file and a
+manifest holding each file's size and sha256. Entries are written to a temporary folder
+and renamed into place, so a reader never sees a half-written entry; an entry that fails
+its checksums anyway (disk error, manual edits, a truncated copy) is reported with a
+:class:`CacheWarning`, deleted and rebuilt, never used. Nothing is pickled: Arrow and JSON
+only, so a cache folder shared between users cannot run code.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from leantrain.data.sources import file_sha256
+
+# Bump when the tokenized layout or the preprocessing code changes what an entry holds.
+CACHE_FORMAT = 1
+DEFAULT_DIR = Path("~/.cache/leantrain/tokenized")
+ENV_VAR = "LEANTRAIN_CACHE_DIR"
+MANIFEST = "manifest.json"
+META = "meta.json"
+SHARD_ROWS = 50_000  # rows per Arrow shard: bounded files, cheap partial re-verification
+# Column name -> Arrow element type. Vocabularies fit int32; masks and segment ids are 0/1.
+LIST_TYPES = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8", "special_tokens_mask": "int8"}
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was unusable (corrupt, partial) and is being rebuilt."""
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """The recipe's ``data.cache_dir``, else ``$LEANTRAIN_CACHE_DIR``, else ~/.cache/leantrain/tokenized."""
+    chosen = cache_dir or os.environ.get(ENV_VAR) or DEFAULT_DIR
+    return Path(chosen).expanduser()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what decides a tokenizer's output: its definition, class and special tokens.
+
+    For fast tokenizers the full ``tokenizers`` JSON (vocab, merges, normalizer, pre- and
+    post-processor) is hashed, minus the truncation/padding state, which the tokenizer's
+    own calls change and which ``max_length`` (part of the fingerprint) decides anyway.
+    """
+    digest = hashlib.sha256(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}\0".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        digest.update(_backend_definition(backend).encode())
+    else:  # slow tokenizer: its vocabulary, plus the files it was loaded from
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        folder = Path(str(getattr(tokenizer, "name_or_path", "")))
+        if folder.is_dir():
+            for f in sorted(p for p in folder.iterdir() if p.is_file() and ("token" in p.name or p.suffix in (".model", ".txt"))):
+                digest.update(f"{f.name}\0{file_sha256(f)}".encode())
+    simple = (str, int, float, bool, type(None))
+    details = {
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "added": {str(k): str(v) for k, v in sorted(getattr(tokenizer, "added_tokens_decoder", {}).items())},
+        "sides": [getattr(tokenizer, "truncation_side", None), getattr(tokenizer, "padding_side", None)],
+        "model_max_length": getattr(tokenizer, "model_max_length", None),
+        "init": {
+            k: v for k, v in sorted(getattr(tokenizer, "init_kwargs", {}).items())
+            if isinstance(v, simple) and not (k.endswith("_file") or k == "name_or_path")
+        },
+    }
+    digest.update(json.dumps(details, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _backend_definition(backend) -> str:
+    """``backend.to_str()`` without the truncation/padding state, which is restored after.
+
+    Clearing the state beats re-serialising the parsed JSON (tens of ms for a 30k vocab,
+    paid on every cache hit); the tokenizer's next call sets the state it needs anyway.
+    """
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        return backend.to_str()
+    finally:
+        if truncation:
+            backend.enable_truncation(**truncation)
+        if padding:
+            backend.enable_padding(**padding)
+
+
+def fingerprint(parts: dict) -> str:
+    """sha256 of a JSON-able description of every input (canonical: sorted keys)."""
+    payload = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class Entry:
+    train: list[dict]
+    eval: list[dict]
+    meta: dict
+
+
+class TokenCache:
+    """Entries live in ``root/<fingerprint>/``; ``load`` verifies, ``store`` writes atomically."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> Entry | None:
+        """The entry for ``key``, or None on a miss. A damaged entry warns, is deleted, misses."""
+        folder = self.path(key)
+        if not folder.exists():
+            return None
+        try:
+            return self._read(folder, key)
+        except _Corrupt as exc:
+            warnings.warn(
+                f"leantrain: tokenized cache entry {folder} is unusable ({exc}); deleted, tokenizing again",
+                CacheWarning, stacklevel=3,
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+
+    def _read(self, folder: Path, key: str) -> Entry:
+        manifest = _read_json(folder / MANIFEST, "manifest")
+        files = manifest.get("files")
+        if manifest.get("format") != CACHE_FORMAT or manifest.get("key") != key or not isinstance(files, dict):
+            raise _Corrupt("manifest does not describe this entry")
+        for name, info in files.items():
+            f = folder / name
+            if not f.is_file():
+                raise _Corrupt(f"missing file {name}")
+            if f.stat().st_size != info.get("bytes"):
+                raise _Corrupt(f"{name} has {f.stat().st_size} bytes, the manifest says {info.get('bytes')}")
+            if file_sha256(f) != info.get("sha256"):
+                raise _Corrupt(f"checksum mismatch in {name}")
+        meta = _read_json(folder / META, "metadata")
+        columns, constant = manifest.get("columns"), manifest.get("constant", {})
+        if not isinstance(columns, list) or not isinstance(constant, dict):
+            raise _Corrupt("manifest lacks the column layout")
+        with _gc_paused():
+            train, evaluation = (self._read_split(folder, manifest, split, columns, constant) for split in ("train", "eval"))
+        if [len(train), len(evaluation)] != manifest.get("rows"):
+            raise _Corrupt("row counts differ from the manifest")
+        return Entry(train, evaluation, meta)
+
+    @staticmethod
+    def _read_split(folder: Path, manifest: dict, split: str, columns: list[str], constant: dict) -> list[dict]:
+        """The examples of one split, shard by shard, each shard memory-mapped."""
+        import pyarrow as pa
+
+        rows: list[dict] = []
+        for name in manifest.get("splits", {}).get(split, []):
+            if name not in manifest["files"]:
+                raise _Corrupt(f"shard {name} is not in the manifest")
+            try:
+                with pa.memory_map(str(folder / name), "r") as source:
+                    rows += _rows(pa.ipc.open_file(source).read_all(), columns, constant)
+            except (pa.ArrowException, OSError, KeyError) as exc:
+                raise _Corrupt(f"{name} is not a readable shard: {exc}") from None
+        return rows
+
+    def store(self, key: str, train: list[dict], evaluation: list[dict], meta: dict) -> Path | None:
+        """Write an entry atomically; returns its folder (None if it could not be written).
+
+        A cache is an optimisation: a full disk or read-only folder costs a warning, not the run.
+        """
+        final = self.path(key)
+        tmp = self.root / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir(parents=True)
+            files, splits = {}, {}
+            columns = list((train or evaluation or [{}])[0])
+            constant = _constant_columns(train + evaluation, columns)
+            schema = _schema(train or evaluation, [c for c in columns if c not in constant])
+            for split, rows in (("train", train), ("eval", evaluation)):
+                splits[split] = []
+                for n, start in enumerate(range(0, max(len(rows), 1), SHARD_ROWS)):
+                    name = f"{split}-{n:05d}.arrow"
+                    _write_shard(tmp / name, rows[start : start + SHARD_ROWS], schema)
+                    splits[split].append(name)
+            (tmp / META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+            for f in sorted(tmp.iterdir()):
+                files[f.name] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+            manifest = {
+                "format": CACHE_FORMAT, "key": key, "files": files, "splits": splits,
+                "rows": [len(train), len(evaluation)], "columns": columns, "constant": constant,
+            }
+            # The manifest comes last: a folder without one was never finished.
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / MANIFEST).is_file():  # not a concurrent writer's finished entry
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same entry first
+            return final
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            warnings.warn(f"leantrain: cannot write the tokenized cache in {self.root}: {exc}", CacheWarning, stacklevel=3)
+            return None
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@contextmanager
+def _gc_paused():
+    """Building millions of small lists and dicts triggers the cyclic garbage collector
+    over and over (each pass scanning every object of the process, torch's included),
+    although none of them can form a cycle: pause it while they are built."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _Corrupt(f"no {what} file") from None
+    except (OSError, ValueError) as exc:
+        raise _Corrupt(f"unreadable {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise _Corrupt(f"{what} is not a JSON object")
+    return value
+
+
+def _constant_columns(rows: list[dict], columns: list[str]) -> dict[str, int]:
+    """Per-token columns holding one value everywhere (the attention mask of unpadded rows,
+    the segment ids of single texts): stored as that value, rebuilt as ``[v] * length``.
+    That halves the shards and, more to the point, what a cache hit has to convert."""
+    constant = {}
+    for name in columns:
+        if name == "input_ids" or not rows or not isinstance(rows[0][name], list):
+            continue
+        values = {v for r in rows for v in r[name]}
+        if len(values) == 1 and all(len(r[name]) == len(r["input_ids"]) for r in rows):
+            constant[name] = values.pop()
+    return constant
+
+
+def _rows(table, columns: list[str], constant: dict[str, int]) -> list[dict]:
+    """Shard table -> example dicts, column by column (faster than ``Table.to_pylist``)."""
+    stored = {name: table.column(name).to_pylist() for name in columns if name not in constant}
+    if constant:
+        lengths = [len(ids) for ids in stored["input_ids"]]
+        for name, value in constant.items():
+            stored[name] = [[value] * n for n in lengths]
+    ordered = [stored[name] for name in columns]
+    return [dict(zip(columns, values)) for values in zip(*ordered)]
+
+
+def _schema(rows: list[dict], names: list[str]):
+    import pyarrow as pa
+
+    fields = []
+    for name in names:
+        if isinstance(rows[0][name], list):
+            fields.append(pa.field(name, pa.list_(getattr(pa, LIST_TYPES.get(name, "int64"))())))
+        else:
+            fields.append(pa.field(name, pa.int64()))
+    return pa.schema(fields)
+
+
+def _write_shard(path: Path, rows: list[dict], schema) -> None:
+    import pyarrow as pa
+
+    columns = [pa.array([r[f.name] for r in rows], f.type) for f in schema]
+    table = pa.Table.from_arrays(columns, schema=schema)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_table(table)

@@ -1,0 +1,108 @@
+"""When to checkpoint, and where a run resumes from.
+
+``Checkpointer`` is what the loop calls after every step ("due"), on preemption and at
+the end; it decides from the recipe's cadence (steps and/or minutes) whether to write.
+``find_resume_point`` turns ``--resume auto|PATH`` into a validated checkpoint folder.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from leantrain.engine import checkpoint as ckpt
+from leantrain.engine.snapshot import load_snapshot, save_snapshot
+from leantrain.errors import UserError
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def warn(message: str) -> None:
+    print(f"leantrain: {message}", file=sys.stderr, flush=True)
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, train_cfg, run, cuts):
+        self.root = checkpoint_root(run_dir)
+        self.cfg, self.run, self.cuts = train_cfg, run, cuts
+        self.last_time = time.monotonic()
+        self.last_path: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cfg.checkpoint_every or self.cfg.checkpoint_minutes)
+
+    def due(self) -> bool:
+        step = self.run.state.step
+        if self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0:
+            return True
+        minutes = self.cfg.checkpoint_minutes
+        return bool(minutes and time.monotonic() - self.last_time >= minutes * 60)
+
+    def __call__(self, why: str) -> None:
+        """``why``: "due" (after a step), "preempted" (always saves) or "end"."""
+        if why == "preempted" or (why == "end" and self.enabled) or (why == "due" and self.due()):
+            self.save()
+
+    def save(self) -> Path:
+        step = self.run.state.step
+        self.last_path = ckpt.write_checkpoint(
+            self.root, step, lambda folder: save_snapshot(folder, self.run, self.cuts), keep=self.cfg.keep_checkpoints
+        )
+        self.last_time = time.monotonic()
+        self.run.log({"event": "checkpoint", "path": str(self.last_path)})
+        return self.last_path
+
+
+def find_resume_point(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint to resume from: None to start fresh. Damaged ones are skipped, loudly."""
+    if not resume:
+        return None
+    if resume != "auto":
+        folder = Path(resume)
+        if not folder.is_dir():
+            raise UserError(f"--resume: no checkpoint folder at {folder}")
+        ckpt.validate(folder)
+        return folder
+    root = checkpoint_root(run_dir)
+    found = ckpt.find_valid(root, warn) if root.is_dir() else None
+    if found is None and root.is_dir() and any(ckpt.candidates(root)):
+        raise UserError(f"--resume auto: every checkpoint in {root} is damaged; refusing to restart from step 0 "
+                        "(move the folder away to start fresh)")
+    if found is None:
+        warn(f"--resume auto: no checkpoint in {root}; starting fresh")
+    return found
+
+
+def has_unfinished_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds checkpoints of a run that did not finish."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir() or not any(ckpt.candidates(root)):
+        return False
+    try:
+        status = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["status"]
+    except (OSError, ValueError, KeyError):
+        return True
+    return status not in ("completed", "early_stopped")
+
+
+def resume_from(folder: Path, run, cuts, metrics_path: Path) -> None:
+    """Load ``folder`` into the run and cut metrics.jsonl back to the checkpoint's step."""
+    load_snapshot(folder, run, cuts)
+    # A checkpoint written on preemption carries that outcome; the resumed run starts over.
+    run.state.status, run.state.stop_reason = "running", None
+    step = run.state.step
+    run.state.resumed_from.append(step)
+    if metrics_path.is_file():
+        kept = []
+        for line in metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:
+                continue  # a line torn by a kill mid-write
+        metrics_path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    warn(f"resuming from {folder} (step {step}, epoch {run.state.epoch})")

@@ -1,0 +1,159 @@
+"""Build everything a run needs from a recipe, without running it.
+
+``build_session`` is shared by ``train`` (the run), ``smoke`` (a few checks before a
+run) and the tests: data, model, task, cuts, optimizer, scheduler and the batch makers.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from leantrain.cuts import CutStack, build_cuts
+from leantrain.data.batching import batch_loader, epoch_order, padded_fraction
+from leantrain.engine.context import RunContext
+from leantrain.engine.tasks import CausalLMTask, ClassificationTask, CustomTask
+from leantrain.errors import DeviceError, UserError
+from leantrain.observe.accountant import MemoryAccountant
+from leantrain.recipe import Recipe
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"train.device: {name!r} requested but no CUDA device is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("train.device: 'mps' requested but MPS is not available")
+    return device
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("the model has no trainable parameters (every weight is frozen)")
+    # No weight decay on biases and norms (1-D tensors): standard AdamW practice.
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def make_scheduler(optimizer, cfg, total_steps: int):
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+
+
+def _example_length(example) -> int | None:
+    ids = example.get("input_ids") if isinstance(example, dict) else None
+    return len(ids) if ids is not None else None
+
+
+@dataclass
+class Session:
+    recipe: Recipe
+    run: RunContext
+    cuts: CutStack
+    task: Any
+    train_examples: Sequence
+    eval_examples: Sequence
+    collate: Callable | None
+    steps_per_epoch: int
+    tokenizer: Any = None
+    data_info: Any = None
+    lengths: list[int] | None = None
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        cfg = self.recipe.train
+        return epoch_order(len(self.train_examples), cfg.batch_size, cfg.seed, epoch, self.lengths,
+                           cfg.bucket_by_length, micro_batches=self.run.micro_batches_per_step)
+
+    def batches_from(self, epoch: int, start: int):
+        """Batches of ``epoch`` from batch ``start`` on: the skipped ones are never built."""
+        return batch_loader(self.train_examples, self.epoch_batches(epoch)[start:], self.collate, self.recipe.train.data_workers)
+
+    def padded_token_fraction(self) -> float | None:
+        return padded_fraction(self.epoch_batches(0), self.lengths) if self.lengths else None
+
+    def evaluate(self) -> dict[str, float]:
+        """Eval metrics; checks for a stop signal between batches (a safe point)."""
+        if len(self.eval_examples) == 0:
+            return {}
+        run, cfg = self.run, self.recipe.train
+        order = epoch_order(len(self.eval_examples), cfg.batch_size, cfg.seed, 0, shuffle=False)
+        loader = batch_loader(self.eval_examples, order, self.collate)
+
+        def watched():
+            for batch in loader:
+                run.signals.check()
+                yield batch
+
+        run.model.eval()
+        try:
+            return self.task.evaluate(run.model, watched(), lambda: self.cuts.forward_context(run), run.device)
+        finally:
+            run.model.train()
+
+
+def load_hf_parts(recipe: Recipe):
+    from leantrain.data.text import load_text_data
+    from leantrain.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model)
+    data = load_text_data(recipe.data, recipe.model.task, tokenizer, recipe.train.seed, recipe.resolve_path)
+    model = load_model(recipe.model, data.label_names, tokenizer.pad_token_id)
+    task = ClassificationTask(data.majority_label) if recipe.model.task == "sequence-classification" else CausalLMTask()
+    return tokenizer, data, model, task
+
+
+def build_session(
+    recipe: Recipe, *, model=None, loss_fn=None, train_data=None, eval_data=None, collate_fn=None, metric_fn=None,
+) -> Session:
+    """Seed, load data and model, apply the cuts, and size the schedule."""
+    cfg = recipe.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    tokenizer = data_info = None
+    if model is not None:
+        if loss_fn is None or train_data is None:
+            raise UserError("train(model=...) also needs loss_fn and train_data")
+        task = CustomTask(loss_fn, metric_fn)
+        train_examples, eval_examples, collate = train_data, eval_data or [], collate_fn
+    else:
+        tokenizer, data_info, model, task = load_hf_parts(recipe)
+        train_examples, eval_examples, collate = data_info.train, data_info.eval, data_info.collate
+    if len(train_examples) == 0:
+        raise UserError("the training data has no examples")
+
+    cuts = build_cuts(recipe, instruments=(MemoryAccountant(),))
+    run = RunContext(device=device, train=cfg)
+    cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
+    run.model = cuts.prepare_model(model, run).to(device)
+    run.batches_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
+    steps_per_epoch = math.ceil(run.batches_per_epoch / run.micro_batches_per_step)
+    run.total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps:
+        run.total_steps = min(run.total_steps, cfg.max_steps)
+    run.optimizer = make_optimizer(run.model, cfg)
+    run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)
+    lengths = None
+    if len(train_examples) and _example_length(train_examples[0]) is not None:
+        lengths = [_example_length(ex) for ex in train_examples]
+    return Session(recipe, run, cuts, task, train_examples, eval_examples, collate, steps_per_epoch,
+                   tokenizer, data_info, lengths)
