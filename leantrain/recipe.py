@@ -268,7 +268,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def _as_mapping(value: Any, key: str) -> dict:
-    # Overriding one field of a cut given in shorthand (``precision: bf16``): expand first.
+    # Overriding one field of a section given in shorthand (``precision: bf16``,
+    # ``curate: false``): expand the shorthand first.
+    if isinstance(value, bool):
+        return {"enabled": value}
     cut = REGISTRY.get(key)
     if cut is not None:
         expanded = cut.Config._expand_shorthand(value)
@@ -309,8 +312,9 @@ def reference_markdown() -> str:
                 continue
             ann = field.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
-                if prefix == "cuts.":
-                    lines.append(f"| `{prefix}{name}` | off | {field.description or ''} |")
+                if prefix:  # a nested section (a cut, data.curate): one row for the section itself
+                    shown = "off" if prefix == "cuts." else ""
+                    lines.append(f"| `{prefix}{name}` | {shown} | {(field.description or '').replace('|', '/')} |")
                 walk(ann, f"{prefix}{name}.")
                 continue
             default = field.get_default(call_default_factory=False)

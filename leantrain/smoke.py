@@ -41,7 +41,7 @@ def _timed(name: str, fn: Callable[[], str], report: Callable[[Check], None]) ->
         detail = fn()
     except LeantrainError as exc:
         report(Check(name, False, str(exc), time.perf_counter() - started))
-        raise SmokeFailure(f"smoke check '{name}' failed: {exc}") from None
+        raise  # already a one-line error (a user error keeps exit code 2)
     except AssertionError as exc:
         report(Check(name, False, str(exc), time.perf_counter() - started))
         raise SmokeFailure(f"smoke check '{name}' failed: {exc}") from None
@@ -105,7 +105,7 @@ def run_smoke(recipe_path, overrides: list[str] | None = None, report: Callable[
         bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
         lr = state["recipe"].train.lr
         assert not bad, f"loss became {losses[bad[0]]} at step {bad[0] + 1} (train.lr={lr} too high?)"
-        assert losses[-1] < losses[0] * 0.95, (
+        assert losses[-1] < losses[0], (
             f"loss did not fall while overfitting one batch: {losses[0]:.4f} -> {losses[-1]:.4f} "
             f"(train.lr={lr} too high or too low?)")
         return f"{OVERFIT_STEPS} steps on one batch: loss {losses[0]:.4f} -> {losses[-1]:.4f}"

@@ -5,44 +5,20 @@ use the bundled pretrained MiniLM. Nothing here touches the network.
 """
 from __future__ import annotations
 
-import csv
 import os
-import random
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tokenize-once cache of the test session lives in a throwaway folder, not ~/.cache.
+if "LEANTRAIN_CACHE_DIR" not in os.environ:
+    import tempfile
 
-TOPIC_WORDS = {
-    "sports": ["goal", "match", "team", "score", "league", "coach", "ball", "referee"],
-    "food": ["bread", "cheese", "soup", "recipe", "oven", "spice", "dinner", "salad"],
-    "tech": ["code", "server", "bug", "compiler", "network", "laptop", "kernel", "cloud"],
-}
-FILLER = ["the", "a", "today", "we", "saw", "really", "very", "and", "then", "about", "with"]
+    os.environ["LEANTRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="leantrain-test-cache-")
 
-
-def make_topic_rows(n: int, seed: int = 0) -> list[dict]:
-    """Synthetic but learnable: each text mixes filler with words of its topic."""
-    rng = random.Random(seed)
-    topics = sorted(TOPIC_WORDS)
-    rows = []
-    for i in range(n):
-        topic = topics[i % len(topics)]
-        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]
-        words += [rng.choice(TOPIC_WORDS[topic]) for _ in range(rng.randint(1, 3))]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": topic})
-    return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+from testdata import make_topic_rows, write_csv  # noqa: E402  (shared with test modules)
 
 
 @pytest.fixture(scope="session")

@@ -196,7 +196,10 @@ class WarmStart(Cut):
         if not self.config.source.startswith("model:") and not Path(self.config.source).is_file():
             raise _fail(f"no such file: {self.config.source}")
 
-    def _model_vocab(self, model) -> dict[str, int] | None:
+    def _model_vocab(self, model, run=None) -> dict[str, int] | None:
+        tokenizer = getattr(run, "tokenizer", None)
+        if not self.config.vocab and tokenizer is not None:
+            return dict(tokenizer.get_vocab())  # the run's own tokenizer: no second load
         if self.config.vocab:
             try:
                 return _load_vocab(self.config.vocab)
@@ -213,7 +216,7 @@ class WarmStart(Cut):
     def prepare_model(self, model: torch.nn.Module, run) -> torch.nn.Module:
         cfg = self.config
         targets = target_parameters(model, cfg.modules)
-        vocab = self._model_vocab(model)
+        vocab = self._model_vocab(model, run)
         if vocab is None and not cfg.source.startswith("model:") and Path(cfg.source).suffix not in (".npy", ".safetensors"):
             raise _fail("matching words needs the model's vocabulary: set it to a tokenizer folder or a vocab.txt", "vocab")
         wanted = {key for tok in vocab for key, _ in _candidates(tok)} if vocab else None

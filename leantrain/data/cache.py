@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ DEFAULT_DIR = Path("~/.cache/leantrain/tokenized")
 ENV_VAR = "LEANTRAIN_CACHE_DIR"
 MANIFEST = "manifest.json"
 META = "meta.json"
+TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 24 * 3600
 SHARD_ROWS = 50_000  # rows per Arrow shard: bounded files, cheap partial re-verification
 # Column name -> Arrow element type. Vocabularies fit int32; masks and segment ids are 0/1.
 LIST_TYPES = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8", "special_tokens_mask": "int8"}
@@ -181,9 +184,10 @@ class TokenCache:
         A cache is an optimisation: a full disk or read-only folder costs a warning, not the run.
         """
         final = self.path(key)
-        tmp = self.root / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.root / f"{TMP_PREFIX}{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir(parents=True)
+            self._remove_stale_temporaries()
             files, splits = {}, {}
             columns = list((train or evaluation or [{}])[0])
             constant = _constant_columns(train + evaluation, columns)
@@ -214,6 +218,18 @@ class TokenCache:
             shutil.rmtree(tmp, ignore_errors=True)
             warnings.warn(f"leantrain: cannot write the tokenized cache in {self.root}: {exc}", CacheWarning, stacklevel=3)
             return None
+
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary folders of writers that died (killed, power cut) are never read; after
+        a day, when no live writer can still be filling them, they are removed."""
+        cutoff = time.time() - STALE_TMP_SECONDS
+        for path in self.root.glob(f"{TMP_PREFIX}*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
 
 
 class _Corrupt(Exception):

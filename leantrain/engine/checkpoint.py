@@ -96,6 +96,12 @@ def write_checkpoint(root: Path, step: int, write_contents: Callable[[Path], Non
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
+    except OSError as exc:
+        # A full disk or a vanished mount: the previous checkpoint is untouched; say so.
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = next(iter(_step_dirs(root)), None)
+        raise CheckpointError(f"cannot write checkpoint {final.name} in {root}: {exc.strerror or exc}; "
+                              f"the previous checkpoint ({kept.name if kept else 'none'}) is intact") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ class RunContext:
     log: Callable[[dict], None] = lambda event: None
     extras: dict[str, Any] = field(default_factory=dict)  # per-run facts cuts report (summary)
     signals: StopSignals = field(default_factory=StopSignals)  # SIGTERM/SIGINT -> stop at a safe point
+    tokenizer: Any = None                      # the model's tokenizer, when there is one
 
     @property
     def device_type(self) -> str:

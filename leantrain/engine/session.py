@@ -142,7 +142,7 @@ def build_session(
         raise UserError("the training data has no examples")
 
     cuts = build_cuts(recipe, instruments=(MemoryAccountant(),))
-    run = RunContext(device=device, train=cfg)
+    run = RunContext(device=device, train=cfg, tokenizer=tokenizer)
     cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
     run.model = cuts.prepare_model(model, run).to(device)
     run.batches_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)

@@ -12,11 +12,16 @@ CPU = torch.device("cpu")
 
 
 def shared_conftest():
-    """The top-level tests/conftest.py as a module (for make_topic_rows, write_csv, ...)."""
-    spec = importlib.util.spec_from_file_location("leantrain_tests_shared", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tests/testdata.py and tests/conftest.py together (make_topic_rows, write_csv, TOPIC_WORDS, ...)."""
+    import types
+
+    merged = types.SimpleNamespace()
+    for name in ("testdata", "conftest"):
+        spec = importlib.util.spec_from_file_location(f"leantrain_tests_{name}", REPO / "tests" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        merged.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    return merged
 
 
 def run_context(**kwargs):

@@ -244,3 +244,19 @@ def test_an_entry_written_concurrently_is_kept(tmp_path, csv_path, tokenizer):
     assert store.store("k" * 64, example + example, [], meta) is not None  # loses the race quietly
     assert store.load("k" * 64).train == example
     assert [p.name for p in (tmp_path / "c").iterdir()] == ["k" * 64]
+
+
+def test_temporary_folders_of_dead_writers_are_removed_after_a_day(tmp_path):
+    import os
+    import time
+
+    root = tmp_path / "c"
+    stale, fresh = root / ".tmp-dead-writer", root / ".tmp-live-writer"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "train-00000.arrow").write_bytes(b"partial")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    example = [{"input_ids": [101, 102], "attention_mask": [1, 1], "labels": 0}]
+    TokenCache(root).store("a" * 64, example, [], {"label_names": None, "majority_label": None, "stats": {}})
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-live-writer", "a" * 64]

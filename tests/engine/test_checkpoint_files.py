@@ -76,3 +76,18 @@ def test_state_with_tensors_round_trips_through_json_and_safetensors():
     back = join_tensors(json.loads(json.dumps(plain)), tensors)
     assert torch.equal(back["a"], state["a"]) and torch.equal(back["nested"][0]["b"], state["nested"][0]["b"])
     assert back["nested"][1:] == [5, "x"] and back["none"] is None
+
+
+def test_full_disk_during_a_write_keeps_the_previous_checkpoint(tmp_path):
+    import errno
+
+    ckpt.write_checkpoint(tmp_path, 1, _writer(1.0))
+
+    def full_disk(folder):
+        (folder / "state.json").write_text("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ckpt.CheckpointError, match="No space left on device.*step-000000001.*intact"):
+        ckpt.write_checkpoint(tmp_path, 2, full_disk)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000000001"]
+    assert ckpt.find_valid(tmp_path, warn=pytest.fail) == tmp_path / "step-000000001"

@@ -113,18 +113,19 @@ def test_five_sigkills_one_mid_checkpoint_then_resume_is_bitwise_exact(recipe_fi
     assert train_steps == sorted(set(train_steps))
 
 
-def test_sigterm_checkpoints_and_exits_143_quickly_then_resume_finishes(recipe_file, tmp_path):
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_checkpoints_and_exits_quickly_then_resume_finishes(recipe_file, tmp_path, sig, code):
     reference = reference_weights(recipe_file, tmp_path)
     run_dir = tmp_path / "run"
     proc = start(recipe_file)
     assert wait_for_step(proc, run_dir, 3)
     sent = time.time()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert time.time() - sent < 10
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "preempted" and summary["signal"] == "SIGTERM"
+    assert summary["status"] == "preempted" and summary["signal"] == signal.Signals(sig).name
     from leantrain.engine.checkpoint import find_valid
 
     latest = find_valid(run_dir / "checkpoints", warn=pytest.fail)

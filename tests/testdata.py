@@ -1,0 +1,35 @@
+"""Small labelled text data for tests: importable from any test module (tests/ is on sys.path)."""
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+TOPIC_WORDS = {
+    "sports": ["goal", "match", "team", "score", "league", "coach", "ball", "referee"],
+    "food": ["bread", "cheese", "soup", "recipe", "oven", "spice", "dinner", "salad"],
+    "tech": ["code", "server", "bug", "compiler", "network", "laptop", "kernel", "cloud"],
+}
+FILLER = ["the", "a", "today", "we", "saw", "really", "very", "and", "then", "about", "with"]
+
+
+def make_topic_rows(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic but learnable: each text mixes filler with words of its topic."""
+    rng = random.Random(seed)
+    topics = sorted(TOPIC_WORDS)
+    rows = []
+    for i in range(n):
+        topic = topics[i % len(topics)]
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]
+        words += [rng.choice(TOPIC_WORDS[topic]) for _ in range(rng.randint(1, 3))]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": topic})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
