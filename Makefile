@@ -28,6 +28,8 @@ test: $(STAMP)
 
 bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/demo_cuts.py --steps 40
+	$(BIN)/python bench/bucketing.py --steps 24
+	$(BIN)/python bench/data_cache.py
 
 clean:
 	rm -rf $(VENV) runs data/demo

@@ -18,6 +18,8 @@ fingerprinting (for the tokenized cache) are written once. Every failure is a on
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import os
@@ -44,7 +46,7 @@ def split_spec(spec: str | Path) -> tuple[str, str | None]:
     return text, None
 
 
-class Source:
+class Source(ABC):
     """One place examples come from: a table, a text folder, a saved or a hub dataset."""
 
     kind = "source"
@@ -53,12 +55,13 @@ class Source:
         self.path, self.split = path, split
         self.name = f"{path}{SPLIT_SEP}{split}" if split else str(path)
 
+    @abstractmethod
     def _table(self, limit: int | None):
-        raise NotImplementedError
+        """The rows as a ``pyarrow.Table`` (each kind of source reads its own way)."""
 
+    @abstractmethod
     def files(self) -> list[Path]:
         """Every file the rows come from: hashed for the tokenized-cache fingerprint."""
-        raise NotImplementedError
 
     def table(self, limit: int | None = None, columns: list[str] | None = None):
         """The rows as a ``pyarrow.Table``; ``columns`` must all be present (else a DataError)."""

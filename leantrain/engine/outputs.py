@@ -90,10 +90,10 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "train_seconds": round(state.train_seconds, 3),
         "samples_per_second": round(state.samples_seen / state.train_seconds, 3) if state.train_seconds else 0.0,
         "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else 0.0,
-        "prepare_seconds": round(prepare_seconds, 3),
+        "setup_seconds": round(prepare_seconds, 3),  # data, model and cuts, before the first step
         "data": {
+            "prepare_seconds": round(prepare_seconds, 3),  # without a data pipeline: all set-up time
             **{k: v for k, v in (data or {}).items() if not isinstance(v, (list, tuple))},
-            "prepare_seconds": round(prepare_seconds, 3),
             "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else 0.0,
         },
         "trainable_params": trainable,

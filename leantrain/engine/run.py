@@ -7,6 +7,7 @@ Hugging Face models.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from leantrain.engine.context import RunContext
 from leantrain.engine.loop import fit
 from leantrain.engine.outputs import save_model, write_summary
-from leantrain.engine.resume import Checkpointer, find_resume_point, has_unfinished_run, resume_from
+from leantrain.engine.resume import Checkpointer, checkpoint_root, find_resume_point, has_unfinished_run, resume_from
 from leantrain.engine.session import build_session
 from leantrain.engine.signals import Preempted, StopSignals
 from leantrain.errors import UserError
@@ -77,6 +78,9 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: str | None) -> None:
     if not resume and has_unfinished_run(run_dir):
         raise UserError(f"{run_dir} holds checkpoints of an unfinished run: pass --resume auto to continue it, "
                         "or choose another output.dir")
+    if not resume and checkpoint_root(run_dir).is_dir():
+        # A finished run's checkpoints: a fresh run must not mix its own with them.
+        shutil.rmtree(checkpoint_root(run_dir))
     (run_dir / "config.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
 
 

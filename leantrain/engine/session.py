@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -114,7 +115,10 @@ def load_hf_parts(recipe: Recipe):
     from leantrain.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(recipe.model)
+    started = time.perf_counter()
     data = load_text_data(recipe.data, recipe.model.task, tokenizer, recipe.train.seed, recipe.resolve_path)
+    # Data preparation alone (read, curate, tokenize or read back from the cache).
+    data.stats["prepare_seconds"] = round(time.perf_counter() - started, 4)
     model = load_model(recipe.model, data.label_names, tokenizer.pad_token_id)
     task = ClassificationTask(data.majority_label) if recipe.model.task == "sequence-classification" else CausalLMTask()
     return tokenizer, data, model, task

@@ -1,13 +1,14 @@
-"""Tensor memory accounting for one training step, measured on the real tensors.
+"""Tensor memory accounting of training steps, measured on the real tensors.
 
 Why: on CPU there is no allocator high-water mark, and process RSS is dominated by the
-interpreter and libraries, which hides exactly what the cuts change. During the first
-optimizer step this instrument counts, on the live objects:
+interpreter and libraries, which hides exactly what the cuts change. This instrument counts, on the
+live objects:
   - weights: bytes of every parameter and buffer;
   - gradients: bytes of every ``.grad`` when the step's gradients are complete;
   - optimizer states: bytes of every tensor in ``optimizer.state`` after the step;
   - saved activations: bytes of tensors autograd saved for backward
-    (``saved_tensors_hooks``), deduplicated by storage, parameters excluded.
+    (``saved_tensors_hooks``), deduplicated by storage, parameters excluded; the
+    largest micro-batch of the run so far.
 Their sum is the training-state peak that the cuts act on (it leaves out transient
 workspace inside single ops).
 """
@@ -62,37 +63,56 @@ def tensor_bytes(tensors) -> int:
 
 
 class MemoryAccountant(Cut):
-    """Instrument (not a recipe cut): fills ``run.extras['memory_breakdown']``."""
+    """Instrument (not a recipe cut): fills ``run.extras['memory_breakdown']``.
+
+    Weights, gradients and optimizer states are measured once (their size does not
+    change); saved activations are counted on every micro-batch and the largest is kept,
+    because batch shapes vary (length bucketing) and the peak is set by the longest.
+    The cost is one Python call per tensor saved for backward.
+    """
 
     name = "memory_accountant"
     order = 100
 
     def __init__(self):
         super().__init__(config=None)
-        self.counters: list[SavedTensorCounter] = []  # one per micro-batch of the first step
-        self.breakdown: dict[str, int] = {}
+        self.breakdown: dict[str, int] = {"saved_activations": 0}
+        self.parameter_storages: set[int] | None = None
 
     def forward_context(self, run):
-        if run.state.step != 0 or not run.model.training:
+        if not run.model.training:
             return contextlib.nullcontext()
-        params = {_storage_key(p)[0] for p in run.model.parameters()}
-        self.counters.append(SavedTensorCounter(exclude=params))
-        return self.counters[-1]
+        if self.parameter_storages is None:
+            self.parameter_storages = {_storage_key(p)[0] for p in run.model.parameters()}
+        counter = SavedTensorCounter(exclude=self.parameter_storages)
+        return _KeepLargest(counter, self.breakdown)
 
     def on_before_optimizer_step(self, optimizer, run) -> None:
-        if run.state.step == 0:
+        if "gradients" not in self.breakdown:
             self.breakdown["gradients"] = tensor_bytes(p.grad for p in run.model.parameters() if p.grad is not None)
 
     def on_step_end(self, run) -> None:
-        if run.state.step != 1 or not self.counters:
-            return
         model = run.model
-        self.breakdown["weights"] = tensor_bytes(list(model.parameters()) + list(model.buffers()))
-        self.breakdown["optimizer_states"] = tensor_bytes(
-            v for state in run.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0
-        )
-        # Micro-batches run one after another: the peak is the largest one, not the sum.
-        self.breakdown["saved_activations"] = max(c.bytes for c in self.counters)
-        self.counters = []
-        self.breakdown["total"] = sum(v for k, v in self.breakdown.items() if k != "total")
-        run.extras["memory_breakdown"] = dict(self.breakdown)
+        if "optimizer_states" not in self.breakdown:  # states exist after the first step
+            self.breakdown["weights"] = tensor_bytes(list(model.parameters()) + list(model.buffers()))
+            self.breakdown["optimizer_states"] = tensor_bytes(
+                v for state in run.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0
+            )
+        parts = {k: v for k, v in self.breakdown.items() if k != "total"}
+        run.extras["memory_breakdown"] = {**parts, "total": sum(parts.values())}
+
+
+class _KeepLargest:
+    """Count one forward's saved tensors and keep the largest total seen so far."""
+
+    def __init__(self, counter: SavedTensorCounter, breakdown: dict[str, int]):
+        self.counter, self.breakdown = counter, breakdown
+
+    def __enter__(self):
+        self.counter.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        result = self.counter.__exit__(*exc)
+        self.breakdown["saved_activations"] = max(self.breakdown["saved_activations"], self.counter.bytes)
+        return result

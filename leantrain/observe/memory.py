@@ -3,7 +3,7 @@
 On CUDA the caching allocator's high-water mark is exact for tensors. On CPU there is no
 allocator counter; the process's peak resident set size includes the interpreter and
 libraries (several hundred MB), which hides what the cuts change, so the tensor
-accounting of the first step is reported as the peak and RSS alongside it.
+accounting of the training steps is reported as the peak and RSS alongside it.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def peak_rss_bytes() -> int:
 
 def peak_memory(device: torch.device, extras: dict | None = None) -> tuple[int, str]:
     """(bytes, method): the allocator's peak on CUDA; on CPU the tensor accounting of the
-    first step when it ran (see observe/accountant.py), else the process peak RSS."""
+    training steps when they ran (see observe/accountant.py), else the process peak RSS."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
     breakdown = (extras or {}).get("memory_breakdown")
     if breakdown:
-        return int(breakdown["total"]), "tensor accounting: weights + gradients + optimizer states + saved activations (first step)"
+        return int(breakdown["total"]), "tensor accounting: weights + gradients + optimizer states + largest saved activations of any step"
     return peak_rss_bytes(), "process peak RSS (getrusage ru_maxrss)"
