@@ -110,3 +110,18 @@ def test_predict_on_a_directory_that_is_not_a_run(results):
 def test_predict_with_missing_input_file(results):
     assert_one_line_error(results["predict: no input"], "absent.csv", "not found")
 
+
+
+def test_non_utf8_csv_is_a_one_line_error(tmp_path, tiny_bert_dir):
+    import subprocess
+    import sys
+
+    data = tmp_path / "latin1.csv"
+    data.write_bytes(b"text,label\ncaf\xe9 au lait,a\nhello,b\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name_or_path: {tiny_bert_dir}, from_scratch: true}}\ndata: {{train: {data}}}\n")
+    done = subprocess.run([sys.executable, "-m", "leantrain", "train", str(recipe), "--no-smoke", "--quiet"],
+                          capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1
+    assert str(data) in lines[0] and "UTF8" in lines[0].replace("-", "").upper()

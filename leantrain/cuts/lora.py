@@ -7,6 +7,7 @@ hundred KB instead of the whole model. The classifier head stays fully trainable
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,6 +15,9 @@ from pydantic import Field
 
 from leantrain.cuts.base import Cut, CutConfig, register
 from leantrain.errors import UserError
+
+# PEFT still calls transformers' old name; the notice says nothing a leantrain user can act on.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class LoraSettings(CutConfig):

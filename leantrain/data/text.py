@@ -85,8 +85,16 @@ def _resolve(spec: str, resolve: Callable) -> str:
     return f"{path}::{split}" if split else path
 
 
-def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable) -> TextData:
-    """Read, curate, split, label-map and tokenize the recipe's data section (or reuse the cache)."""
+# Rows tokenized per call: large enough for the fast tokenizer's batching, small enough
+# that a stop signal is honoured within a second or two of data preparation.
+TOKENIZE_CHUNK = 4096
+
+
+def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable,
+                   check: Callable[[], None] = lambda: None) -> TextData:
+    """Read, curate, split, label-map and tokenize the recipe's data section (or reuse the cache).
+
+    ``check()`` is called between tokenization chunks: it raises to stop (preemption)."""
     if not data_cfg.train:
         raise DataError("data.train: no training file given")
     classify = task == "sequence-classification"
@@ -99,7 +107,7 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable)
         entry = cache.load(key)
         if entry is not None:
             return _text_data(entry.train, entry.eval, entry.meta, tokenizer, classify, hit=True, key=key)
-    train, evaluation, meta = _prepare(data_cfg, classify, tokenizer, seed, train_src, eval_src)
+    train, evaluation, meta = _prepare(data_cfg, classify, tokenizer, seed, train_src, eval_src, check)
     if cache is not None:
         cache.store(key, train, evaluation, meta)
     return _text_data(train, evaluation, meta, tokenizer, classify, hit=False, key=key)
@@ -127,7 +135,8 @@ def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, e
     }
 
 
-def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, eval_src: Source | None):
+def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, eval_src: Source | None,
+             check: Callable[[], None] = lambda: None):
     """The uncached path: rows -> split -> curation -> tokens and labels, plus stats."""
     columns = [data_cfg.text_column] + ([data_cfg.label_column] if classify else [])
     train_rows = train_src.rows(data_cfg.limit, columns)
@@ -153,8 +162,13 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
     def encode(rows: list[dict], source: str) -> list[dict]:
         if not rows:  # eval_fraction: 0 holds nothing out (tokenizers fail on an empty batch)
             return []
-        enc = tokenizer(_texts(rows, data_cfg.text_column, source), truncation=True, max_length=data_cfg.max_length)
-        return [dict(zip(enc.keys(), values)) for values in zip(*enc.values())]
+        texts = _texts(rows, data_cfg.text_column, source)
+        examples: list[dict] = []
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            check()
+            enc = tokenizer(texts[start : start + TOKENIZE_CHUNK], truncation=True, max_length=data_cfg.max_length)
+            examples += [dict(zip(enc.keys(), values)) for values in zip(*enc.values())]
+        return examples
 
     train, evaluation = encode(train_rows, train_src.name), encode(eval_rows, eval_name)
     duplicates = sum(curation[k] for k in ("exact_duplicates", "near_duplicates", "eval_overlap")) if curation else 0

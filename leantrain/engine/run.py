@@ -6,6 +6,7 @@ Hugging Face models.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -109,8 +110,11 @@ def train(
     _prepare_run_dir(run_dir, recipe, resume)
     with StopSignals() as signals:
         prepare_started = time.perf_counter()
-        session = build_session(recipe, model=model, loss_fn=loss_fn, train_data=train_data, eval_data=eval_data,
-                                collate_fn=collate_fn, metric_fn=metric_fn)
+        try:
+            session = build_session(recipe, model=model, loss_fn=loss_fn, train_data=train_data, eval_data=eval_data,
+                                    collate_fn=collate_fn, metric_fn=metric_fn, check=signals.check)
+        except Preempted as signal_name:
+            return RunResult(_preempted_before_training(run_dir, str(signal_name)), run_dir, None)
         run, cuts = session.run, session.cuts
         run.signals = signals
         prepare_seconds = time.perf_counter() - prepare_started
@@ -161,6 +165,14 @@ def train(
         if checkpointer.last_path is not None:
             saved["checkpoint"] = str(checkpointer.last_path)
         return RunResult(summary=summarize(final_eval, saved), run_dir=run_dir, model=run.model)
+
+
+def _preempted_before_training(run_dir: Path, signal_name: str) -> dict:
+    """Summary of a run stopped during data preparation: nothing trained, nothing to save."""
+    summary = {"status": "preempted", "stop_reason": f"{signal_name} received during data preparation",
+               "signal": signal_name, "steps": 0, "train_seconds": 0.0, "cost_usd": 0.0, "eval": {}}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
 
 
 def describe_result(summary: dict) -> str:

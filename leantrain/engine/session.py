@@ -110,13 +110,13 @@ class Session:
             run.model.train()
 
 
-def load_hf_parts(recipe: Recipe):
+def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
     from leantrain.data.text import load_text_data
     from leantrain.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(recipe.model)
     started = time.perf_counter()
-    data = load_text_data(recipe.data, recipe.model.task, tokenizer, recipe.train.seed, recipe.resolve_path)
+    data = load_text_data(recipe.data, recipe.model.task, tokenizer, recipe.train.seed, recipe.resolve_path, check)
     # Data preparation alone (read, curate, tokenize or read back from the cache).
     data.stats["prepare_seconds"] = round(time.perf_counter() - started, 4)
     model = load_model(recipe.model, data.label_names, tokenizer.pad_token_id)
@@ -126,6 +126,7 @@ def load_hf_parts(recipe: Recipe):
 
 def build_session(
     recipe: Recipe, *, model=None, loss_fn=None, train_data=None, eval_data=None, collate_fn=None, metric_fn=None,
+    check: Callable[[], None] = lambda: None,
 ) -> Session:
     """Seed, load data and model, apply the cuts, and size the schedule."""
     cfg = recipe.train
@@ -140,7 +141,7 @@ def build_session(
         task = CustomTask(loss_fn, metric_fn)
         train_examples, eval_examples, collate = train_data, eval_data or [], collate_fn
     else:
-        tokenizer, data_info, model, task = load_hf_parts(recipe)
+        tokenizer, data_info, model, task = load_hf_parts(recipe, check)
         train_examples, eval_examples, collate = data_info.train, data_info.eval, data_info.collate
     if len(train_examples) == 0:
         raise UserError("the training data has no examples")
