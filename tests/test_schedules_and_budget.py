@@ -139,3 +139,21 @@ def test_metrics_lines_carry_progress_and_eval_lines_carry_eval_metrics(tiny_rec
     final = events(result, "final_eval")
     assert len(final) == 1 and final[0]["step"] == total
     assert final[0]["accuracy"] == result.summary["eval"]["accuracy"]
+
+
+def test_budget_guard_warns_once_early_when_the_projection_exceeds_the_budget(capsys):
+    from types import SimpleNamespace
+
+    from leantrain.engine.run import as_recipe, budget_guard
+    from leantrain.engine.state import TrainState
+
+    guard = budget_guard(as_recipe({"budget": {"max_hours": 0.01}}))  # 36 s
+    logged = []
+    fake = SimpleNamespace(state=TrainState(step=5, train_seconds=5.0), total_steps=100, log=logged.append)
+    assert guard(fake) is None  # 5 s spent: keep going...
+    assert [e["event"] for e in logged] == ["budget_warning"]  # ...but 100 s projected > 36 s: say so now
+    assert "budget.max_hours=0.01" in capsys.readouterr().err
+    fake.state.step, fake.state.train_seconds = 6, 6.0
+    assert guard(fake) is None and len(logged) == 1  # once
+    fake.state.train_seconds = 40.0
+    assert "budget.max_hours" in guard(fake)  # spent: stop
