@@ -44,6 +44,7 @@ class Cut:
 
     Hooks, in the order the loop calls them:
       setup(run)                      check the device, adjust the run plan
+      order_batches(batches, epoch, run, lengths)  the order of an epoch's batches (curriculum)
       prepare_model(model, run)       wrap or modify the model (PEFT, checkpointing, casts)
       forward_context(run)            a context manager around forward + loss (autocast)
       scale_loss(loss, run)           change the loss before backward (grad scaling)
@@ -69,6 +70,11 @@ class Cut:
 
     def setup(self, run: "RunContext") -> None:
         pass
+
+    def order_batches(self, batches: list[list[int]], epoch: int, run: "RunContext",
+                      lengths: list[int] | None) -> list[list[int]]:
+        """Reorder an epoch's batches (index lists); must be a pure function of its inputs."""
+        return batches
 
     def prepare_model(self, model: torch.nn.Module, run: "RunContext") -> torch.nn.Module:
         return model
@@ -140,6 +146,11 @@ class CutStack:
         for cut in self.cuts:
             model = cut.prepare_model(model, run)
         return model
+
+    def order_batches(self, batches, epoch, run, lengths):
+        for cut in self.cuts:
+            batches = cut.order_batches(batches, epoch, run, lengths)
+        return batches
 
     @contextlib.contextmanager
     def forward_context(self, run):

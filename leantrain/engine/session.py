@@ -80,8 +80,9 @@ class Session:
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         cfg = self.recipe.train
-        return epoch_order(len(self.train_examples), cfg.batch_size, cfg.seed, epoch, self.lengths,
-                           cfg.bucket_by_length, micro_batches=self.run.micro_batches_per_step)
+        batches = epoch_order(len(self.train_examples), cfg.batch_size, cfg.seed, epoch, self.lengths,
+                              cfg.bucket_by_length, micro_batches=self.run.micro_batches_per_step)
+        return self.cuts.order_batches(batches, epoch, self.run, self.lengths)
 
     def batches_from(self, epoch: int, start: int):
         """Batches of ``epoch`` from batch ``start`` on: the skipped ones are never built."""
