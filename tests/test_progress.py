@@ -1,9 +1,7 @@
 """Progress output of `leantrain train` when stderr is not a terminal (CI, log files)."""
 from __future__ import annotations
 
-import csv
 import os
-import random
 import re
 import subprocess
 import sys
@@ -13,31 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testdata import make_topic_rows, write_csv
+
 # Concurrent subprocesses each using every core would oversubscribe the CPU (OpenMP
 # threads spin-wait on each other): one compute thread per child process.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-TOPIC_WORDS = {
-    "sports": ["goal", "match", "team", "score", "league", "coach", "ball", "referee"],
-    "food": ["bread", "cheese", "soup", "recipe", "oven", "spice", "dinner", "salad"],
-    "tech": ["code", "server", "bug", "compiler", "network", "laptop", "kernel", "cloud"],
-}
-FILLER = ["the", "a", "today", "we", "saw", "really", "very", "and", "then", "about", "with"]
-
 
 def topics_csv(path: Path, n: int, seed: int = 0) -> Path:
-    """Learnable topic data (the conftest's recipe; that module cannot be imported by name)."""
-    rng = random.Random(seed)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(n):
-            topic = sorted(TOPIC_WORDS)[i % 3]
-            words = [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]
-            words += [rng.choice(TOPIC_WORDS[topic]) for _ in range(rng.randint(1, 3))]
-            rng.shuffle(words)
-            writer.writerow([" ".join(words), topic])
-    return path
+    return write_csv(path, make_topic_rows(n, seed))
 
 
 @pytest.fixture(scope="module")
