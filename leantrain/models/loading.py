@@ -7,7 +7,6 @@ demo and the tests never touch the network. Everything else is passed to
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 from leantrain.errors import UserError
 
@@ -78,6 +77,3 @@ def load_model(model_cfg, label_names: list[str] | None = None, pad_token_id: in
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load {path!r}: {str(exc).splitlines()[0]}") from None
 
-
-def is_local_model(name_or_path: str) -> bool:
-    return name_or_path.startswith("bundled:") or Path(name_or_path).exists()
