@@ -75,3 +75,24 @@ def test_signal_during_data_preparation_stops_before_training(tmp_path, tiny_rec
     assert "data preparation" in result.summary["stop_reason"]
     on_disk = json.loads((result.run_dir / "summary.json").read_text())
     assert on_disk["status"] == "preempted" and on_disk["signal"] == "SIGTERM"
+
+
+def test_resume_from_an_explicit_checkpoint_folder_and_refuse_a_damaged_one(tmp_path):
+    import pytest
+
+    from leantrain.engine.checkpoint import CheckpointError
+
+    uninterrupted: list[int] = []
+    _run(tmp_path / "a", uninterrupted, kill_at=None)
+    first: list[int] = []
+    _run(tmp_path / "b", first, kill_at=13)
+    folder = tmp_path / "b" / "run" / "checkpoints" / "step-000000013"
+    rest: list[int] = []
+    resumed = _run(tmp_path / "b", rest, kill_at=None, resume=str(folder))
+    assert resumed.summary["status"] == "completed" and resumed.summary["resumed_from_steps"] == [13]
+    assert first + rest == uninterrupted
+
+    damaged = tmp_path / "b" / "run" / "checkpoints" / "step-000000030"
+    (damaged / "tensors.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        _run(tmp_path / "b", [], kill_at=None, resume=str(damaged))
