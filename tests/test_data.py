@@ -1,14 +1,12 @@
 """Reading, splitting, label-mapping, truncating and batching training data."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from testdata import write_rows
 from leantrain import train
 from leantrain.data.sources import read_rows
 from leantrain.data.text import load_text_data
@@ -26,20 +24,6 @@ def tokenizer(tiny_bert_dir):
     from leantrain.models import load_tokenizer
 
     return load_tokenizer(ModelSection(name_or_path=str(tiny_bert_dir)))
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    """Write ``rows`` as CSV, JSONL or Parquet, chosen by the suffix."""
-    if path.suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    elif path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def numbered_rows(n: int) -> list[dict]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from leantrain.observe.accountant import SavedTensorCounter
+
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
@@ -64,28 +66,8 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-class SavedTensorBytes:
-    """Bytes of distinct storages autograd saves for backward inside the context."""
-
-    def __init__(self):
-        self.storages: dict[int, int] = {}
-
-    def _pack(self, tensor: torch.Tensor):
-        storage = tensor.untyped_storage()
-        self.storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.storages.values())
-
-    def __enter__(self):
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._hooks.__exit__(*exc)
+# The library's own counter (deduplicated by storage), as the memory accountant uses it.
+SavedTensorBytes = SavedTensorCounter
 
 
 def initial_prepared(recipe: dict):

@@ -1,29 +1,11 @@
 """Helpers shared by the data-pipeline tests (imported by name: pytest puts this folder on sys.path)."""
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from testdata import write_rows  # noqa: F401  (re-exported for the data tests)
 from leantrain.data.text import load_text_data
 from leantrain.recipe import DataSection
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    """Write ``rows`` as CSV, JSONL or Parquet, chosen by the suffix."""
-    if path.suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    elif path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def load(tokenizer, task="sequence-classification", seed=0, **data):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from data_helpers import CallCounter, ids, load, write_rows
+from data_helpers import CallCounter, load, write_rows
 
 from leantrain.data import cache as cache_mod
 from leantrain.data.cache import CacheWarning, TokenCache, cache_root
