@@ -53,7 +53,7 @@ class Cut:
       on_skipped_step(run)            the update was skipped for a NaN/Inf (fp16 rescales)
       on_step_end(run)                after every optimizer step
       on_eval_end(metrics, run)       after evaluation; return a reason string to stop
-      on_fit_end(run)                 training is over (e.g. restore the best weights)
+      on_fit_end(run) -> bool         training is over; True if it changed the weights
       on_save(model, out_dir, run)    extra artefacts next to the saved model
       state_dict() / load_state_dict  the cut's own state, for checkpoints
     """
@@ -101,8 +101,9 @@ class Cut:
     def on_eval_end(self, metrics: dict[str, float], run: "RunContext") -> str | None:
         return None
 
-    def on_fit_end(self, run: "RunContext") -> None:
-        pass
+    def on_fit_end(self, run: "RunContext") -> bool:
+        """Training is over. Return True if this changed the weights (e.g. restored a best)."""
+        return False
 
     def on_save(self, model: torch.nn.Module, out_dir, run: "RunContext") -> dict[str, str]:
         return {}
@@ -186,9 +187,8 @@ class CutStack:
         reasons = [r for c in self.cuts if (r := c.on_eval_end(metrics, run))]
         return reasons[0] if reasons else None
 
-    def on_fit_end(self, run) -> None:
-        for cut in self.cuts:
-            cut.on_fit_end(run)
+    def on_fit_end(self, run) -> bool:
+        return any([cut.on_fit_end(run) for cut in self.cuts])  # a list: call every cut
 
     def on_save(self, model, out_dir, run) -> dict[str, str]:
         saved: dict[str, str] = {}

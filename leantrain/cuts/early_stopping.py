@@ -71,15 +71,16 @@ class EarlyStopping(Cut):
             )
         return None
 
-    def on_fit_end(self, run) -> None:
+    def on_fit_end(self, run) -> bool:
         if not (self.config.restore_best and self.best_weights) or self.best_step == run.state.step:
-            return  # the current weights are the best ones
+            return False  # the current weights are the best ones
         params = dict(run.model.named_parameters())
         with torch.no_grad():
             for name, value in self.best_weights.items():
                 params[name].copy_(value)
         run.extras["restored_best_step"] = self.best_step
         run.extras["best_" + self.config.metric] = self.best
+        return True
 
     def state_dict(self) -> dict:
         # The best weights are part of the state: a resumed run must restore the same ones.

@@ -156,4 +156,5 @@ def fit(
         return
     if state.status != "diverged":  # a diverged run keeps its last good checkpoint
         checkpoint("end")
-    cuts.on_fit_end(run)
+    if cuts.on_fit_end(run):
+        state.last_eval_step = -1  # the weights changed: the last evaluation no longer describes them

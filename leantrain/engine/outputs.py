@@ -30,9 +30,10 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) ->
 
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    adapter = hasattr(model, "peft_config")  # a PEFT model saves only its adapter
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(out)  # PEFT models write only adapter_model.safetensors
-        if recipe.model.from_scratch and "lora" in cuts.names():
+        model.save_pretrained(out)
+        if recipe.model.from_scratch and adapter:
             # The randomly initialised base exists nowhere else; without it the adapter is
             # unusable. Save it (adapters removed) next to the adapter, in model/base.
             import copy
@@ -49,13 +50,13 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) ->
 
     if tokenizer is None and data_info is None:
         # The user's own torch.nn.Module: the recipe's model section was not used.
-        meta = {"task": "custom", "module": type(model).__name__, "adapter": "lora" in cuts.names()}
+        meta = {"task": "custom", "module": type(model).__name__, "adapter": adapter}
     else:
         meta = {
             "task": recipe.model.task,
             "base_model": recipe.model.name_or_path,
             "base_model_path": resolve_model_path(recipe.model.name_or_path),
-            "adapter": "lora" in cuts.names(),
+            "adapter": adapter,
             "labels": data_info.label_names if data_info else None,
             "max_length": recipe.data.max_length,
         }

@@ -145,7 +145,7 @@ def train(
             final_eval = state.last_eval
             if state.status not in ("preempted", "diverged"):
                 # Reuse the last evaluation when it was of exactly these weights.
-                if state.last_eval_step != state.step or "restored_best_step" in run.extras:
+                if state.last_eval_step != state.step:
                     final_eval = session.evaluate()
                 log.write({"event": "final_eval", **final_eval}, state)
         except Preempted as signal_name:
