@@ -49,7 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     prepare = data_sub.add_parser("prepare", help="read, curate, split and tokenize a recipe's data into the cache; print the stats")
     prepare.add_argument("recipe")
     prepare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    for module in _plugin_commands():
+        COMMANDS.update(module.register(sub))
     return parser
+
+
+def _plugin_commands():
+    """Command modules in ``leantrain/commands/``: each has ``register(subparsers)`` that
+    adds its parsers and returns ``{command name: handler(args) -> exit code}``. A new
+    command is a new file there; this module does not change."""
+    import importlib
+    import pkgutil
+
+    import leantrain.commands as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        yield importlib.import_module(f"leantrain.commands.{info.name}")
 
 
 # Exit codes by final status: a preempted run exits like the signal that stopped it.
