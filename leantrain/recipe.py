@@ -63,6 +63,16 @@ class DataSection(Section):
     cache_dir: str | None = Field(
         None, description="Where tokenized examples are cached; default $LEANTRAIN_CACHE_DIR, else ~/.cache/leantrain/tokenized."
     )
+    pack: bool = Field(
+        False,
+        description="Causal LM only: put several documents end to end in rows of `max_length` tokens (best-fit, deterministic) instead of "
+        "padding each; positions restart and attention stays within each document, and no token is predicted across a boundary.",
+    )
+    streaming: bool = Field(
+        False,
+        description="For data larger than memory: read the sources in chunks and tokenize chunk by chunk into the cache's Arrow shards, "
+        "which training then reads memory-mapped. Without an `eval` file the eval rows are chosen by a hash of their text (see docs/data.md).",
+    )
 
     @field_validator("curate", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Callable
 
 from leantrain.data.cache import TokenCache, cache_root, fingerprint, tokenizer_fingerprint
 from leantrain.data.curate import curate_texts
+from leantrain.data.packing import PackedCollator, PackedExamples
 from leantrain.data.sources import Source, open_source, split_spec
 from leantrain.errors import DataError
 
@@ -98,6 +99,8 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable,
     if not data_cfg.train:
         raise DataError("data.train: no training file given")
     classify = task == "sequence-classification"
+    if data_cfg.pack and task != "causal-lm":
+        raise DataError(f"data.pack: packing joins documents into one row, which only causal-lm can train on (model.task is {task}); set data.pack: false")
     train_src = open_source(_resolve(data_cfg.train, resolve))
     eval_src = open_source(_resolve(data_cfg.eval, resolve)) if data_cfg.eval else None
     cache = key = None
@@ -106,11 +109,11 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable,
         key = fingerprint(cache_inputs(data_cfg, task, tokenizer, seed, train_src, eval_src))
         entry = cache.load(key)
         if entry is not None:
-            return _text_data(entry.train, entry.eval, entry.meta, tokenizer, classify, hit=True, key=key)
+            return _text_data(entry.train, entry.eval, entry.meta, tokenizer, data_cfg, classify, hit=True, key=key)
     train, evaluation, meta = _prepare(data_cfg, classify, tokenizer, seed, train_src, eval_src, check)
     if cache is not None:
         cache.store(key, train, evaluation, meta)
-    return _text_data(train, evaluation, meta, tokenizer, classify, hit=False, key=key)
+    return _text_data(train, evaluation, meta, tokenizer, data_cfg, classify, hit=False, key=key)
 
 
 def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, eval_src: Source | None) -> dict:
@@ -203,10 +206,24 @@ def _label(train, evaluation, train_rows, eval_rows, column: str, train_name: st
     return {"label_names": names, "majority_label": index[Counter(train_labels).most_common(1)[0][0]]}
 
 
-def _text_data(train, evaluation, meta: dict, tokenizer, classify: bool, hit: bool, key: str | None) -> TextData:
+def _text_data(train, evaluation, meta: dict, tokenizer, data_cfg, classify: bool, hit: bool, key: str | None) -> TextData:
     from transformers import DataCollatorWithPadding
 
     stats = {**meta["stats"], "cache_hit": hit, "cache_key": key}
-    if not classify:
+    if classify:
+        return TextData(train, evaluation, DataCollatorWithPadding(tokenizer), meta["label_names"], meta["majority_label"], stats)
+    if not data_cfg.pack:
         return TextData(train, evaluation, CausalLMCollator(tokenizer), stats=stats)
-    return TextData(train, evaluation, DataCollatorWithPadding(tokenizer), meta["label_names"], meta["majority_label"], stats)
+    # Packed after the cache (deterministically), so packing on or off shares one entry.
+    train, evaluation = (PackedExamples(docs, example_lengths(docs), data_cfg.max_length) for docs in (train, evaluation))
+    stats["packing"] = {"documents": train.n_documents, "rows": len(train), "eval_documents": evaluation.n_documents, "eval_rows": len(evaluation)}
+    return TextData(train, evaluation, PackedCollator(tokenizer.pad_token_id), stats=stats)
+
+
+def example_lengths(examples) -> list[int]:
+    """Token count of every example: from the storage when it knows them (memory-mapped
+    shards, packed rows), without building each example."""
+    known = getattr(examples, "lengths", None)
+    if callable(known):
+        return list(known())
+    return [len(ex["input_ids"]) for ex in examples]

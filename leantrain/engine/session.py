@@ -121,6 +121,10 @@ def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
     # Data preparation alone (read, curate, tokenize or read back from the cache).
     data.stats["prepare_seconds"] = round(time.perf_counter() - started, 4)
     model = load_model(recipe.model, data.label_names, tokenizer.pad_token_id)
+    if recipe.data.pack:
+        from leantrain.data.packing import check_model_packs
+
+        check_model_packs(model)
     task = ClassificationTask(data.majority_label) if recipe.model.task == "sequence-classification" else CausalLMTask()
     return tokenizer, data, model, task
 
@@ -160,6 +164,8 @@ def build_session(
     run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)
     lengths = None
     if len(train_examples) and _example_length(train_examples[0]) is not None:
-        lengths = [_example_length(ex) for ex in train_examples]
+        from leantrain.data.text import example_lengths
+
+        lengths = example_lengths(train_examples)
     return Session(recipe, run, cuts, task, train_examples, eval_examples, collate, steps_per_epoch,
                    tokenizer, data_info, lengths)
