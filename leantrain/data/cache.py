@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from leantrain.data.shards import MappedExamples, column_type
 from leantrain.data.sources import file_sha256
 
 # Bump when the tokenized layout or the preprocessing code changes what an entry holds.
@@ -38,8 +39,6 @@ META = "meta.json"
 TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 24 * 3600
 SHARD_ROWS = 50_000  # rows per Arrow shard: bounded files, cheap partial re-verification
-# Column name -> Arrow element type. Vocabularies fit int32; masks and segment ids are 0/1.
-LIST_TYPES = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8", "special_tokens_mask": "int8"}
 
 
 class CacheWarning(UserWarning):
@@ -132,14 +131,49 @@ class TokenCache:
         try:
             return self._read(folder, key)
         except _Corrupt as exc:
-            warnings.warn(
-                f"leantrain: tokenized cache entry {folder} is unusable ({exc}); deleted, tokenizing again",
-                CacheWarning, stacklevel=3,
-            )
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
+            return self._discard(folder, exc)
 
     def _read(self, folder: Path, key: str) -> Entry:
+        manifest, meta, columns, constant = self._verified(folder, key)
+        with _gc_paused():
+            train, evaluation = (self._read_split(folder, manifest, split, columns, constant) for split in ("train", "eval"))
+        if [len(train), len(evaluation)] != manifest.get("rows"):
+            raise _Corrupt("row counts differ from the manifest")
+        return Entry(train, evaluation, meta)
+
+    def open_mapped(self, key: str) -> Entry | None:
+        """Like :meth:`load`, but the splits stay on disk: rows are built on access from the
+        memory-mapped shards (for data larger than memory)."""
+        folder = self.path(key)
+        if not folder.exists():
+            return None
+        try:
+            manifest, meta, columns, constant = self._verified(folder, key)
+            splits = []
+            for split in ("train", "eval"):
+                names = manifest.get("splits", {}).get(split, [])
+                if any(name not in manifest["files"] for name in names):
+                    raise _Corrupt(f"a {split} shard is not in the manifest")
+                splits.append(MappedExamples([folder / n for n in names], columns, constant, meta.get("label_names")))
+        except _Corrupt as exc:
+            return self._discard(folder, exc)
+        except OSError as exc:  # pyarrow raises its ArrowException subclasses of OSError here too
+            return self._discard(folder, _Corrupt(f"a shard is not readable: {exc}"))
+        if [len(s) for s in splits] != manifest.get("rows"):
+            return self._discard(folder, _Corrupt("row counts differ from the manifest"))
+        return Entry(splits[0], splits[1], meta)
+
+    def _discard(self, folder: Path, exc: Exception) -> None:
+        warnings.warn(
+            f"leantrain: tokenized cache entry {folder} is unusable ({exc}); deleted, tokenizing again",
+            CacheWarning, stacklevel=4,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+    @staticmethod
+    def _verified(folder: Path, key: str) -> tuple[dict, dict, list, dict]:
+        """Manifest, metadata and column layout of an entry whose every file checks out."""
         manifest = _read_json(folder / MANIFEST, "manifest")
         files = manifest.get("files")
         if manifest.get("format") != CACHE_FORMAT or manifest.get("key") != key or not isinstance(files, dict):
@@ -156,11 +190,7 @@ class TokenCache:
         columns, constant = manifest.get("columns"), manifest.get("constant", {})
         if not isinstance(columns, list) or not isinstance(constant, dict):
             raise _Corrupt("manifest lacks the column layout")
-        with _gc_paused():
-            train, evaluation = (self._read_split(folder, manifest, split, columns, constant) for split in ("train", "eval"))
-        if [len(train), len(evaluation)] != manifest.get("rows"):
-            raise _Corrupt("row counts differ from the manifest")
-        return Entry(train, evaluation, meta)
+        return manifest, meta, columns, constant
 
     @staticmethod
     def _read_split(folder: Path, manifest: dict, split: str, columns: list[str], constant: dict) -> list[dict]:
@@ -183,12 +213,10 @@ class TokenCache:
 
         A cache is an optimisation: a full disk or read-only folder costs a warning, not the run.
         """
-        final = self.path(key)
-        tmp = self.root / f"{TMP_PREFIX}{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = None
         try:
-            tmp.mkdir(parents=True)
-            self._remove_stale_temporaries()
-            files, splits = {}, {}
+            tmp = self.new_entry(key)
+            splits = {}
             columns = list((train or evaluation or [{}])[0])
             constant = _constant_columns(train + evaluation, columns)
             schema = _schema(train or evaluation, [c for c in columns if c not in constant])
@@ -198,27 +226,38 @@ class TokenCache:
                     name = f"{split}-{n:05d}.arrow"
                     _write_shard(tmp / name, rows[start : start + SHARD_ROWS], schema)
                     splits[split].append(name)
-            (tmp / META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
-            for f in sorted(tmp.iterdir()):
-                files[f.name] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
-            manifest = {
-                "format": CACHE_FORMAT, "key": key, "files": files, "splits": splits,
-                "rows": [len(train), len(evaluation)], "columns": columns, "constant": constant,
-            }
-            # The manifest comes last: a folder without one was never finished.
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / MANIFEST).is_file():  # not a concurrent writer's finished entry
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same entry first
-            return final
+            return self.commit(tmp, key, splits, [len(train), len(evaluation)], columns, constant, meta)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             warnings.warn(f"leantrain: cannot write the tokenized cache in {self.root}: {exc}", CacheWarning, stacklevel=3)
             return None
 
+    def new_entry(self, key: str) -> Path:
+        """A fresh temporary folder to fill with an entry's shards, then :meth:`commit`."""
+        tmp = self.root / f"{TMP_PREFIX}{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        self._remove_stale_temporaries()
+        return tmp
+
+    def commit(self, tmp: Path, key: str, splits: dict, rows: list[int], columns: list[str], constant: dict, meta: dict) -> Path:
+        """Checksum the shards in ``tmp``, write metadata and manifest, rename into place."""
+        (tmp / META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in sorted(tmp.iterdir())}
+        manifest = {
+            "format": CACHE_FORMAT, "key": key, "files": files, "splits": splits,
+            "rows": rows, "columns": columns, "constant": constant,
+        }
+        # The manifest comes last: a folder without one was never finished.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+        final = self.path(key)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / MANIFEST).is_file():  # not a concurrent writer's finished entry
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same entry first
+        return final
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary folders of writers that died (killed, power cut) are never read; after
@@ -290,13 +329,7 @@ def _rows(table, columns: list[str], constant: dict[str, int]) -> list[dict]:
 def _schema(rows: list[dict], names: list[str]):
     import pyarrow as pa
 
-    fields = []
-    for name in names:
-        if isinstance(rows[0][name], list):
-            fields.append(pa.field(name, pa.list_(getattr(pa, LIST_TYPES.get(name, "int64"))())))
-        else:
-            fields.append(pa.field(name, pa.int64()))
-    return pa.schema(fields)
+    return pa.schema([pa.field(name, column_type(name, rows[0][name])) for name in names])
 
 
 def _write_shard(path: Path, rows: list[dict], schema) -> None:

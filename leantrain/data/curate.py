@@ -7,6 +7,7 @@ by reason, with a few examples, so the user can see what went.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -118,24 +119,42 @@ class NearDuplicateIndex:
         self.hashes[key] = m
 
 
-def curate_texts(texts: list[str], cfg: CurateSettings, eval_texts: list[str] | None = None) -> tuple[list[int], CurationReport]:
-    """Indices of the rows to keep (in order) and the report of what was removed."""
-    report = CurationReport(input_rows=len(texts))
-    eval_exact = {normalize(t) for t in eval_texts or []} if cfg.remove_eval_overlap else set()
-    eval_index = None
-    if cfg.remove_eval_overlap and eval_texts and cfg.near_dedup:
-        eval_index = NearDuplicateIndex(cfg.near_dedup, cfg.num_perm, cfg.shingle_words)
-        for i, t in enumerate(eval_texts):
-            eval_index.add(i, eval_index.signature(t))
-    index = NearDuplicateIndex(cfg.near_dedup, cfg.num_perm, cfg.shingle_words) if cfg.near_dedup else None
-    seen: set[str] = set()
-    keep: list[int] = []
-    for i, text in enumerate(texts):
+class Curator:
+    """Curation one row at a time, for data read in chunks (streaming) as for whole lists.
+
+    What it remembers is small per row: a 16-byte digest of each kept row's normalised
+    text (exact dedup) and, with near dedup on, each kept row's MinHash signature in the
+    LSH index (``num_perm`` x 8 bytes, about 1 KB at the default 128)."""
+
+    def __init__(self, cfg: CurateSettings):
+        self.cfg, self.report = cfg, CurationReport()
+        self.seen: set[bytes] = set()
+        self.eval_exact: set[bytes] = set()
+        self.eval_index = None
+        self.index = NearDuplicateIndex(cfg.near_dedup, cfg.num_perm, cfg.shingle_words) if cfg.near_dedup else None
+        self.eval_rows = 0
+
+    def add_eval(self, texts: list[str]) -> None:
+        """Remember eval rows, so that training rows leaking them are removed (call first)."""
+        if not self.cfg.remove_eval_overlap:
+            return
+        for text in texts:
+            self.eval_exact.add(_digest(normalize(text)))
+            if self.cfg.near_dedup:
+                if self.eval_index is None:
+                    self.eval_index = NearDuplicateIndex(self.cfg.near_dedup, self.cfg.num_perm, self.cfg.shingle_words)
+                self.eval_index.add(self.eval_rows, self.eval_index.signature(text))
+            self.eval_rows += 1
+
+    def keep(self, text: str, key: int) -> bool:
+        """Whether training row ``key`` (unique, increasing) survives; the report counts drops."""
+        cfg, index, eval_index = self.cfg, self.index, self.eval_index
+        self.report.input_rows += 1
         reason = filter_reason(text, cfg)
-        norm = normalize(text)
-        if reason is None and norm in eval_exact:
+        norm = _digest(normalize(text))
+        if reason is None and norm in self.eval_exact:
             reason = "eval_overlap"
-        if reason is None and cfg.exact_dedup and norm in seen:
+        if reason is None and cfg.exact_dedup and norm in self.seen:
             reason = "exact_duplicate"
         signature = None
         if reason is None and (index or eval_index):
@@ -145,10 +164,21 @@ def curate_texts(texts: list[str], cfg: CurateSettings, eval_texts: list[str] | 
             elif index and index.matches(signature):
                 reason = "near_duplicate"
         if reason:
-            report.drop(reason, text)
-            continue
-        seen.add(norm)
+            self.report.drop(reason, text)
+            return False
+        self.seen.add(norm)
         if index is not None:
-            index.add(i, signature)
-        keep.append(i)
-    return keep, report
+            index.add(key, signature)
+        return True
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def curate_texts(texts: list[str], cfg: CurateSettings, eval_texts: list[str] | None = None) -> tuple[list[int], CurationReport]:
+    """Indices of the rows to keep (in order) and the report of what was removed."""
+    curator = Curator(cfg)
+    curator.add_eval(eval_texts or [])
+    keep = [i for i, text in enumerate(texts) if curator.keep(text, i)]
+    return keep, curator.report

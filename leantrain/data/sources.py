@@ -68,15 +68,17 @@ class Source(ABC):
         table = self._table(limit)
         if table.num_rows == 0:
             raise DataError(f"{self.name}: no rows")
-        missing = [c for c in columns or [] if c not in table.column_names]
+        self.require_columns(table.column_names, columns or [])
+        return table.slice(0, limit) if limit is not None else table
+
+    def require_columns(self, present: list[str], columns: list[str]) -> None:
+        """Raise a DataError naming the first of ``columns`` not in ``present``."""
+        missing = [c for c in columns if c not in present]
         if missing:
             hint = ""
             if isinstance(self, TextFolderSource) and missing[0] == LABEL_COLUMN:
                 hint = " (a text folder has labels only when it has one subfolder per class)"
-            raise DataError(
-                f"{self.name}: missing column {missing[0]!r}; columns present: {', '.join(table.column_names)}{hint}"
-            )
-        return table.slice(0, limit) if limit is not None else table
+            raise DataError(f"{self.name}: missing column {missing[0]!r}; columns present: {', '.join(present)}{hint}")
 
     def rows(self, limit: int | None = None, columns: list[str] | None = None) -> list[dict]:
         return self.table(limit, columns).to_pylist()
@@ -94,12 +96,10 @@ class Source(ABC):
         return digest.hexdigest()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
+    # file_digest reads into one reused buffer: no per-block allocation, whatever the file size.
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class TableFileSource(Source):
@@ -145,9 +145,12 @@ class TextFolderSource(Source):
         return [f for f, _ in self.entries]
 
     def _table(self, limit):
+        return self.read_entries(self.entries[:limit] if limit is not None else self.entries)
+
+    def read_entries(self, entries: list[tuple[Path, str | None]]):
+        """The table of some of the folder's (file, label) entries."""
         import pyarrow as pa
 
-        entries = self.entries[:limit] if limit is not None else self.entries
         texts = []
         for f, _ in entries:
             try:
@@ -186,13 +189,17 @@ class DatasetSource(Source):
         return obj
 
     def _table(self, limit):
-        import pyarrow as pa
-        from datasets import ClassLabel
-
         ds = self.dataset
         if limit is not None and limit < len(ds):
             ds = ds.select(range(limit))
-        table = ds.with_format("arrow")[:]
+        return self.slice_table(ds, 0, len(ds))
+
+    def slice_table(self, ds, start: int, stop: int):
+        """Rows ``start:stop`` of ``ds`` as Arrow (read from its memory-mapped files), labels as names."""
+        import pyarrow as pa
+        from datasets import ClassLabel
+
+        table = ds.with_format("arrow")[start:stop]
         for name, feature in ds.features.items():
             if isinstance(feature, ClassLabel):  # ints -> the names the dataset gives them
                 values = table.column(name).to_pylist()

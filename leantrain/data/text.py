@@ -9,13 +9,16 @@ fingerprint of every input (see ``cache.py``), so a second run tokenizes nothing
 from __future__ import annotations
 
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from leantrain.data.cache import TokenCache, cache_root, fingerprint, tokenizer_fingerprint
+from leantrain.data.cache import SHARD_ROWS, TokenCache, cache_root, fingerprint, tokenizer_fingerprint
 from leantrain.data.curate import curate_texts
 from leantrain.data.packing import PackedCollator, PackedExamples
+from leantrain.data.shards import read_lengths
+from leantrain.data.streaming import column_texts, stream_into
 from leantrain.data.sources import Source, open_source, split_spec
 from leantrain.errors import DataError
 
@@ -52,13 +55,7 @@ class CausalLMCollator:
 
 
 def _texts(rows: list[dict], column: str, source: str) -> list[str]:
-    texts = []
-    for i, row in enumerate(rows):
-        value = row[column]
-        if value is None:
-            raise DataError(f"{source}: row {i + 1} has no value in text column {column!r}")
-        texts.append(str(value))
-    return texts
+    return column_texts([row[column] for row in rows], column, source)
 
 
 def _label_names(labels: list[str]) -> list[str]:
@@ -103,6 +100,8 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable,
         raise DataError(f"data.pack: packing joins documents into one row, which only causal-lm can train on (model.task is {task}); set data.pack: false")
     train_src = open_source(_resolve(data_cfg.train, resolve))
     eval_src = open_source(_resolve(data_cfg.eval, resolve)) if data_cfg.eval else None
+    if data_cfg.streaming:
+        return _load_streaming(data_cfg, task, tokenizer, seed, train_src, eval_src, check)
     cache = key = None
     if data_cfg.cache:
         cache = TokenCache(cache_root(data_cfg.cache_dir))
@@ -114,6 +113,37 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable,
     if cache is not None:
         cache.store(key, train, evaluation, meta)
     return _text_data(train, evaluation, meta, tokenizer, data_cfg, classify, hit=False, key=key)
+
+
+def _load_streaming(data_cfg, task: str, tokenizer, seed: int, train_src: Source, eval_src: Source | None,
+                    check: Callable[[], None]) -> TextData:
+    """Tokenize chunk by chunk into a cache entry (unless it exists), then map its shards."""
+    if not data_cfg.cache:
+        raise DataError("data.streaming needs data.cache: true (the cache's shards are where streamed tokens go)")
+    classify = task == "sequence-classification"
+    cache = TokenCache(cache_root(data_cfg.cache_dir))
+    key = fingerprint(cache_inputs(data_cfg, task, tokenizer, seed, train_src, eval_src))
+    entry = cache.open_mapped(key)
+    hit = entry is not None
+    if not hit:
+        try:
+            tmp = cache.new_entry(key)
+        except OSError as exc:
+            raise DataError(f"data.streaming: cannot write the tokenized cache in {cache.root}: {exc}") from None
+        try:
+            done = stream_into(tmp, data_cfg, classify, tokenizer, seed, train_src, eval_src, SHARD_ROWS, check)
+            meta = {"label_names": None, "majority_label": None, "stats": done.stats}
+            if classify:
+                meta.update(label_meta(done.train_labels, done.eval_labels, data_cfg.label_column, train_src.name, (eval_src or train_src).name))
+            cache.commit(tmp, key, done.splits, done.rows, done.columns, done.constant, meta)
+        except OSError as exc:
+            raise DataError(f"data.streaming: cannot write the tokenized cache in {cache.root}: {exc}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful commit (renamed)
+        entry = cache.open_mapped(key)
+        if entry is None:
+            raise DataError(f"data.streaming: the tokenized cache entry just written in {cache.root} is unreadable")
+    return _text_data(entry.train, entry.eval, entry.meta, tokenizer, data_cfg, classify, hit=hit, key=key)
 
 
 def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, eval_src: Source | None) -> dict:
@@ -135,6 +165,9 @@ def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, e
         "eval_fraction": data_cfg.eval_fraction if split_by_seed else None,
         "seed": seed if split_by_seed else None,
         "curate": data_cfg.curate.model_dump() if data_cfg.curate.enabled else None,
+        # Streaming holds eval rows out by a hash of their text, not by shuffling; and
+        # writes labels as names: its entries are its own.
+        **({"streaming": True} if data_cfg.streaming else {}),
     }
 
 
@@ -192,18 +225,25 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
 def _label(train, evaluation, train_rows, eval_rows, column: str, train_name: str, eval_name: str) -> dict:
     """Map label strings to ids (in place on the examples); the names and majority class."""
     train_labels = [str(r[column]) for r in train_rows]
-    names = _label_names(train_labels)
-    if len(names) < 2:
-        raise DataError(f"{train_name}: label column {column!r} has only one class ({names[0]!r})")
-    index = {name: i for i, name in enumerate(names)}
-    unknown = sorted({str(r[column]) for r in eval_rows} - set(index))
-    if unknown:
-        raise DataError(f"{eval_name}: eval label {unknown[0]!r} never appears in the training data")
-    for ex, row in zip(train, train_rows):
-        ex["labels"] = index[str(row[column])]
+    meta = label_meta(Counter(train_labels), {str(r[column]) for r in eval_rows}, column, train_name, eval_name)
+    index = {name: i for i, name in enumerate(meta["label_names"])}
+    for ex, label in zip(train, train_labels):
+        ex["labels"] = index[label]
     for ex, row in zip(evaluation, eval_rows):
         ex["labels"] = index[str(row[column])]
-    return {"label_names": names, "majority_label": index[Counter(train_labels).most_common(1)[0][0]]}
+    return meta
+
+
+def label_meta(train_counts: Counter, eval_labels: set, column: str, train_name: str, eval_name: str) -> dict:
+    """Label names (sorted; numerically when all integers) and the majority class, checked."""
+    names = _label_names(list(train_counts))
+    if len(names) < 2:
+        raise DataError(f"{train_name}: label column {column!r} has only one class ({names[0]!r})")
+    unknown = sorted(eval_labels - set(names))
+    if unknown:
+        raise DataError(f"{eval_name}: eval label {unknown[0]!r} never appears in the training data")
+    # most_common breaks ties by first occurrence, as counting the rows in order does.
+    return {"label_names": names, "majority_label": names.index(train_counts.most_common(1)[0][0])}
 
 
 def _text_data(train, evaluation, meta: dict, tokenizer, data_cfg, classify: bool, hit: bool, key: str | None) -> TextData:
@@ -215,15 +255,7 @@ def _text_data(train, evaluation, meta: dict, tokenizer, data_cfg, classify: boo
     if not data_cfg.pack:
         return TextData(train, evaluation, CausalLMCollator(tokenizer), stats=stats)
     # Packed after the cache (deterministically), so packing on or off shares one entry.
-    train, evaluation = (PackedExamples(docs, example_lengths(docs), data_cfg.max_length) for docs in (train, evaluation))
+    train, evaluation = (PackedExamples(docs, read_lengths(docs), data_cfg.max_length) for docs in (train, evaluation))
     stats["packing"] = {"documents": train.n_documents, "rows": len(train), "eval_documents": evaluation.n_documents, "eval_rows": len(evaluation)}
     return TextData(train, evaluation, PackedCollator(tokenizer.pad_token_id), stats=stats)
 
-
-def example_lengths(examples) -> list[int]:
-    """Token count of every example: from the storage when it knows them (memory-mapped
-    shards, packed rows), without building each example."""
-    known = getattr(examples, "lengths", None)
-    if callable(known):
-        return list(known())
-    return [len(ex["input_ids"]) for ex in examples]

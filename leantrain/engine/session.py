@@ -164,8 +164,8 @@ def build_session(
     run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)
     lengths = None
     if len(train_examples) and _example_length(train_examples[0]) is not None:
-        from leantrain.data.text import example_lengths
+        from leantrain.data.shards import read_lengths
 
-        lengths = example_lengths(train_examples)
+        lengths = read_lengths(train_examples)
     return Session(recipe, run, cuts, task, train_examples, eval_examples, collate, steps_per_epoch,
                    tokenizer, data_info, lengths)
