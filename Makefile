@@ -30,6 +30,7 @@ bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/demo_cuts.py --steps 40
 	$(BIN)/python bench/bucketing.py --steps 24
 	$(BIN)/python bench/data_cache.py
+	$(BIN)/python bench/prefetch.py --steps 8
 
 clean:
 	rm -rf $(VENV) runs data/demo

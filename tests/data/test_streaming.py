@@ -51,6 +51,23 @@ def test_streaming_gives_exactly_the_in_memory_examples(tokenizer, tmp_path, suf
     assert memory.stats["duplicates_removed"] > 10  # curation had work to do, in both paths alike
 
 
+def test_text_folder_and_saved_dataset_stream_like_they_load(tokenizer, tmp_path):
+    import datasets
+
+    rows = make_rows(90, 6)
+    folder = tmp_path / "folder"
+    for i, row in enumerate(rows):
+        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
+        (folder / row["label"] / f"{i:03d}.txt").write_text(row["text"], encoding="utf-8")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["x", "y", "z"])})
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(saved))
+    for source in (folder, saved):
+        settings = {"train": str(source), "eval": str(source), "max_length": 12, "curate": {"remove_eval_overlap": False}}
+        memory, streamed = load(tokenizer, **settings), load(tokenizer, streaming=True, **settings)
+        assert materialize(streamed.train) == memory.train and streamed.label_names == memory.label_names == ["x", "y", "z"]
+
+
 def test_causal_lm_streaming_with_limit_matches(tokenizer, tmp_path):
     train = write_rows(tmp_path / "train.jsonl", make_rows(100, 2))
     settings = {"train": str(train), "eval_fraction": 0.0, "max_length": 12, "limit": 70}
