@@ -140,7 +140,7 @@ def _load_streaming(data_cfg, task: str, tokenizer, seed: int, train_src: Source
             raise DataError(f"data.streaming: cannot write the tokenized cache in {cache.root}: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful commit (renamed)
-        entry = cache.open_mapped(key)
+        entry = cache.open_mapped(key, checksums=False)
         if entry is None:
             raise DataError(f"data.streaming: the tokenized cache entry just written in {cache.root} is unreadable")
     return _text_data(entry.train, entry.eval, entry.meta, tokenizer, data_cfg, classify, hit=hit, key=key)
