@@ -12,8 +12,10 @@ forward, backward and optimizer step take. Three per-batch costs are compared:
   holds the GIL and costs half a training step (``--transform-ms`` to fix it): the case
   worker processes exist for, since a worker can prepare the next batch during the step.
 
-The first batch of every loader (worker start-up) is reported apart from the steady
-state. Configurations run one after the other, in ``--rounds`` rounds, so that machine
+Two tables: steps that train the model on this CPU (where a worker competes with the
+step for the same cores), and steps that only sleep for ``--accelerator-step-ms``, as
+the host does while a GPU computes (where a worker has the CPU to itself). The first
+batch of every loader (worker start-up) is reported apart from the steady state. Configurations run one after the other, in ``--rounds`` rounds, so that machine
 noise hits them alike; medians over rounds are printed.
 
     .venv/bin/python bench/prefetch.py --steps 12
@@ -24,6 +26,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -53,23 +56,36 @@ class TokenizeOnTheFly:
         return batch
 
 
-def measure(session, examples, batches, collate, workers: int) -> dict:
+def train_step(session) -> Callable[[dict], None]:
     run, task, cuts = session.run, session.task, session.cuts
-    loader = iter(batch_loader(examples, batches, collate, workers))
-    waits, computes, samples = [], [], 0
-    for _ in batches:
-        started = time.perf_counter()
-        batch = next(loader)
-        waited = time.perf_counter() - started
+
+    def step(batch: dict) -> None:
         batch = move_to_device(batch, run.device)
         with cuts.forward_context(run):
             loss = task.loss_sum(run.model, batch) / task.count(batch)
         loss.backward()
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def accelerator_step(seconds: float) -> Callable[[dict], None]:
+    """A step that leaves the CPU free, as a GPU's does: the host only waits for it."""
+    return lambda batch: time.sleep(seconds)
+
+
+def measure(step: Callable[[dict], None], examples, batches, collate, workers: int) -> dict:
+    loader = iter(batch_loader(examples, batches, collate, workers))
+    waits, computes, samples = [], [], 0
+    for _ in batches:
+        started = time.perf_counter()
+        batch = next(loader)
+        waited = time.perf_counter() - started
+        step(batch)
         waits.append(waited)
         computes.append(time.perf_counter() - started - waited)
-        samples += task.batch_size(batch)
+        samples += int(batch["labels"].shape[0])
     steady_wait, steady_total = sum(waits[1:]), sum(waits[1:]) + sum(computes[1:])
     return {
         "startup": waits[0],
@@ -88,6 +104,8 @@ def main() -> None:
     parser.add_argument("--transform-ms", type=float, default=None,
                         help="simulated Python work per batch in the costliest case (default: half the measured step)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--accelerator-step-ms", type=float, default=100.0,
+                        help="step time of the second table, where the step leaves the CPU free (its transform costs half of it)")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, ["output.dir=runs/bench-prefetch"])
@@ -97,24 +115,36 @@ def main() -> None:
     raw = [{"text": t, "labels": ex["labels"]} for t, ex in zip(texts, cached)]
     batches = session.epoch_batches(0)[: args.steps + 1]
     # Warm-up (first-call costs of the model and kernels), which also times a step.
-    warm = measure(session, cached, batches[:3], session.collate, 0)
+    cpu_step = train_step(session)
+    warm = measure(cpu_step, cached, batches[:3], session.collate, 0)
     transform_ms = args.transform_ms if args.transform_ms is not None else round(500 * warm["step_s"])
-    cases = {
-        "tokenize-once cache (leantrain)": (cached, session.collate),
-        "on-the-fly tokenization": (raw, TokenizeOnTheFly(tokenizer, recipe.data.max_length)),
-        f"on-the-fly + {transform_ms:g} ms Python transform": (raw, TokenizeOnTheFly(tokenizer, recipe.data.max_length, transform_ms)),
-    }
+    print(f"demo recipe, batch {recipe.train.batch_size}, {args.steps} timed steps x {args.rounds} rounds per configuration, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, median step {warm['step_s']:.3f} s in warm-up\n")
+
+    def cases(ms: float) -> dict:
+        return {
+            "tokenize-once cache (leantrain)": (cached, session.collate),
+            "on-the-fly tokenization": (raw, TokenizeOnTheFly(tokenizer, recipe.data.max_length)),
+            f"on-the-fly + {ms:g} ms Python transform": (raw, TokenizeOnTheFly(tokenizer, recipe.data.max_length, ms)),
+        }
+
+    table("Training on this CPU (the step uses every core)", cpu_step, cases(transform_ms), batches, args)
+    seconds = args.accelerator_step_ms / 1000
+    table(f"Accelerator-like step: the host sleeps {args.accelerator_step_ms:g} ms per step, CPU free (as with a GPU)",
+          accelerator_step(seconds), cases(args.accelerator_step_ms / 2), batches, args)
+
+
+def table(title: str, step, cases: dict, batches, args) -> None:
     results: dict[tuple, list[dict]] = {}
     for _ in range(args.rounds):
         for case, (examples, collate) in cases.items():
             for workers in args.workers:
-                results.setdefault((case, workers), []).append(measure(session, examples, batches, collate, workers))
+                results.setdefault((case, workers), []).append(measure(step, examples, batches, collate, workers))
 
     def median(case, workers, key):
         return statistics.median(r[key] for r in results[(case, workers)])
 
-    print(f"demo recipe, batch {recipe.train.batch_size}, {args.steps} timed steps x {args.rounds} rounds per configuration, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, median step compute {warm['step_s']:.3f} s in warm-up\n")
+    print(f"### {title}\n")
     print("| per-batch cost | data_workers | data-wait fraction | samples/s | vs 0 workers | first batch (s) | wait incl. start-up |")
     print("|---|---|---|---|---|---|---|")
     for case in cases:
@@ -123,6 +153,7 @@ def main() -> None:
             speed = median(case, workers, "samples_per_s")
             print(f"| {case} | {workers} | {median(case, workers, 'wait_fraction'):.1%} | {speed:.1f} | {speed / base:.2f}x "
                   f"| {median(case, workers, 'startup'):.2f} | {median(case, workers, 'wait_fraction_with_startup'):.1%} |")
+    print(flush=True)
 
 
 if __name__ == "__main__":
