@@ -119,8 +119,6 @@ def train(
         run.signals = signals
         prepare_seconds = time.perf_counter() - prepare_started
         data_stats = dict(session.data_info.stats) if session.data_info else {"rows_in": len(session.train_examples)}
-        padded = session.padded_token_fraction()
-        data_stats["padded_token_fraction"] = round(padded, 4) if padded is not None else None
 
         metrics_path = run_dir / "metrics.jsonl"
         resume_point = find_resume_point(run_dir, resume)
@@ -134,6 +132,8 @@ def train(
         reset_peak(run.device)
 
         def summarize(final_eval: dict, saved: dict) -> dict:
+            padded = session.padded_token_fraction()
+            data_stats["padded_token_fraction"] = round(padded, 4) if padded is not None else None
             return write_summary(run_dir, recipe, run, cuts, final_eval, saved, prepare_seconds,
                                  peak_memory(run.device, run.extras), signals.name, data_stats)
 
