@@ -1,0 +1,75 @@
+"""Peak matmul throughput of this machine's CPU, measured once and cached.
+
+Why measure: CPU datasheets do not state a training-relevant peak (it depends on the
+core count, AVX-512/AMX support and the BLAS torch ships), and this is the denominator
+of MFU and of the planner's CPU hours. A square matmul per dtype, timed for a fraction
+of a second after a warm-up, is what a transformer step spends most of its time in.
+The result is cached per (CPU model, thread count, torch version), so the cost is paid
+once per machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+CALIBRATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LEANTRAIN_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "leantrain"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    return f"{_cpu_model()} | threads={torch.get_num_threads()} | torch={torch.__version__}"
+
+
+def measure_matmul_tflops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.25) -> float:
+    """Achieved TFLOP/s of ``size``-square matmuls in ``dtype``, timed for ~``seconds``."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up: thread pool, BLAS kernel selection
+    runs, started = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and runs >= 2:
+            break
+    return 2 * size**3 * runs / elapsed / 1e12
+
+
+def cpu_peak_tflops(refresh: bool = False, size: int = 1024, seconds: float = 0.25) -> dict[str, float]:
+    """{dtype: TFLOP/s} for fp32 and bf16 on this CPU, from the cache when measured before."""
+    path = cache_dir() / "cpu_peak.json"
+    key = machine_key()
+    cached: dict = {}
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cached = {}
+    if not refresh and isinstance(cached.get(key), dict):
+        return {k: float(v) for k, v in cached[key].items()}
+    measured = {name: round(measure_matmul_tflops(dtype, size, seconds), 4) for name, dtype in CALIBRATION_DTYPES.items()}
+    cached[key] = measured
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cached, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return measured
