@@ -66,7 +66,7 @@ def cpu_peak_tflops(refresh: bool = False, size: int = 1024, seconds: float = 0.
             cached = {}
     if not refresh and isinstance(cached.get(key), dict):
         return {k: float(v) for k, v in cached[key].items()}
-    measured = {name: round(measure_matmul_tflops(dtype, size, seconds), 4) for name, dtype in CALIBRATION_DTYPES.items()}
+    measured = {name: float(f"{measure_matmul_tflops(dtype, size, seconds):.4g}") for name, dtype in CALIBRATION_DTYPES.items()}
     cached[key] = measured
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

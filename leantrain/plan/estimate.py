@@ -84,7 +84,8 @@ class StepModel:
 
 def _bilinear(points: dict[tuple[int, int], StepTrace], layers: int, batch: int) -> StepTrace:
     """Value at (layers, batch) from traces at layers {l0, l1} x batch {1, 2}."""
-    (l0, l1) = sorted({p[0] for p in points})
+    depths = sorted({p[0] for p in points})
+    l0, l1 = depths[0], depths[-1]
 
     def at_batch(b: int, layer: int) -> StepTrace:
         low, high = points[(layer, 1)], points[(layer, 2)]

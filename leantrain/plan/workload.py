@@ -48,7 +48,8 @@ def measure_workload(recipe, accumulation: int = 1, rows: int | None = None) -> 
     max_length = recipe.data.max_length
     fallback = Workload(max_length, max_length, rows, 2)
     if not recipe.data.train:
-        fallback.notes.append("no data.train: sequence length = data.max_length; pass --rows to get hours and dollars")
+        fallback.notes.append("no data.train: sequence length = data.max_length"
+                              + ("" if rows is not None else "; pass --rows to get hours and dollars"))
         return fallback
     try:
         from leantrain.models import load_tokenizer
