@@ -41,8 +41,11 @@ def machine_key() -> str:
 
 def measure_matmul_tflops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.25) -> float:
     """Achieved TFLOP/s of ``size``-square matmuls in ``dtype``, timed for ~``seconds``."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    # A private generator: calibrating inside a run must not advance the global RNG
+    # (that would change the run's dropout masks, and a resumed run would diverge).
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
     torch.mm(a, b)  # warm-up: thread pool, BLAS kernel selection
     runs, started = 0, time.perf_counter()
     while True:

@@ -84,7 +84,8 @@ class CostLedger(Cut):
     def forward_context(self, run):
         # Count the FLOPs of the first training step (all its micro-batches, forward and
         # backward): start here, stop when its gradients are complete.
-        if run.model.training and self.flops_per_sample is None and self._counter is None:
+        # (Only a forward that will be trained on: not evaluation, not a no-grad check.)
+        if run.model.training and torch.is_grad_enabled() and self.flops_per_sample is None and self._counter is None:
             self._samples_before = run.state.samples_seen
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()

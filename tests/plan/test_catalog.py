@@ -73,3 +73,16 @@ def test_plan_rejects_an_unknown_gpu(tmp_path, capsys):
     recipe.write_text("model: {name_or_path: bundled:minilm}\n")
     assert main(["plan", str(recipe), "--gpu", "Z80"]) == 2
     assert "unknown GPU 'Z80'" in capsys.readouterr().err
+
+
+def test_calibration_leaves_the_global_rng_alone(tmp_path, monkeypatch):
+    # A run calibrates inside its seeded setup: drawing from the global RNG there would
+    # change its dropout masks, and a resumed run (cache warm) would diverge from it.
+    import torch
+
+    monkeypatch.setenv("LEANTRAIN_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    calibrate.cpu_peak_tflops(refresh=True, size=32, seconds=0.001)
+    assert torch.equal(torch.rand(3), expected)
