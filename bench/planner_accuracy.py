@@ -164,12 +164,12 @@ def main() -> None:
             "Per-block saved activations against Korthikanti et al. 2022 (eq. 1 without parallelism; `2sbh` with full",
             "recomputation) for the case the formula covers: a 16-bit GPT-2 block (bf16 weights, no autocast), eager",
             "attention, exact GeLU, dropout 0.1:", "", *paper, "",
-            "With full recomputation the planner gives exactly the paper's `2sbh`. Without it, the planner's figure is",
-            "higher because it traces what PyTorch on a CPU really saves: CPU dropout keeps its masks in the activation",
-            "dtype (2 bytes; the paper and CUDA's fused dropout use 1 byte), adding `a*s*s*b + 2*s*b*h` bytes per block, and",
-            "`matmul(q, k.transpose())` saves a contiguous copy of K (`2*s*b*h`). Models without dropout (Llama) have no",
-            "mask term. Under bf16 autocast (what `precision: bf16` does) LayerNorm, softmax and the residual stream stay",
-            "fp32, so the saved bytes are larger again (planner/paper about 2.4 for the first row).", "",
+            "With full recomputation the planner gives exactly the paper's `2sbh`. Without it, the planner is above",
+            "the formula because it counts what PyTorch on a CPU really saves for Hugging Face's GPT-2 block rather than",
+            "the paper's idealised one: CPU dropout keeps its masks in the activation dtype (2 bytes where the paper, like",
+            "CUDA's fused dropout, assumes 1), adding `a*s*s*b + 2*s*b*h` bytes per block, and the attention matmul saves",
+            "a contiguous copy of K^T. Under bf16 autocast (what `precision: bf16` does) LayerNorm, softmax and the",
+            "residual stream stay fp32, so the saved bytes are larger again.", "",
         ]) + "\n")
 
 
