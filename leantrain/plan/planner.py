@@ -94,11 +94,12 @@ def resolve_accelerators(catalog: Catalog, names: list[str] | None) -> list[Acce
 
 def prepare(recipe, gpus: list[str] | None = None, spot: bool = False, price_per_hour: float | None = None,
             rows: int | None = None, catalog_file: str | None = None) -> PlanInputs:
+    catalog = load_catalog(catalog_file)
+    accelerators = resolve_accelerators(catalog, gpus)  # a mistyped --gpu fails before any slow work
     setup = Setup.from_recipe(recipe)
     workload = measure_workload(recipe, setup.accumulation, rows)
     config = model_config(recipe.model, workload.num_labels)
-    catalog = load_catalog(catalog_file)
-    return PlanInputs(recipe, config, workload, catalog, resolve_accelerators(catalog, gpus), spot, price_per_hour)
+    return PlanInputs(recipe, config, workload, catalog, accelerators, spot, price_per_hour)
 
 
 def plan(recipe, gpus: list[str] | None = None, spot: bool = False, price_per_hour: float | None = None,

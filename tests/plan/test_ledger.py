@@ -13,7 +13,7 @@ def test_ledger_bills_the_catalog_price_and_plan_predicts_the_steps(tiny_recipe,
     tiny_recipe["train"]["epochs"] = 1
     recipe_file = tmp_path / "r.json"  # JSON is YAML: load_recipe reads it
     recipe_file.write_text(json.dumps(tiny_recipe))
-    assert main(["plan", str(recipe_file), "--json", "--gpu", "T4", "--gpu", "cpu"]) == 0
+    assert main(["plan", str(recipe_file), "--json", "--gpu", "T4"]) == 0
     planned = json.loads(capsys.readouterr().out)
     for key in ("peak_memory_bytes", "memory_breakdown", "flops_per_step", "tokens_per_step", "recommendation"):
         assert key in planned
