@@ -53,7 +53,7 @@ class LargestOutput(TorchDispatchMode):
         self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
+        self.ops += not func.is_view  # views (t, expand, detach, ...) change metadata only: no kernel
         out = func(*args, **(kwargs or {}))
         size = sum(t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         self.largest = max(self.largest, size)
