@@ -17,8 +17,9 @@ import torch
 
 from leantrain.errors import UserError
 
-# Cuts whose effect on a step's memory and FLOPs the planner models; other enabled cuts
-# (early stopping, curriculum, ...) change how many steps run, not what one step costs.
+# Cuts whose effect on a step's memory and FLOPs the planner models. Others are listed in
+# the plan's notes: some only change how many steps run (early stopping, curriculum),
+# others would need their own modelling here.
 MODELED_CUTS = ("lora", "gradient_checkpointing", "precision", "grad_accumulation")
 
 

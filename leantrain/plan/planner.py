@@ -117,7 +117,8 @@ def plan(recipe, gpus: list[str] | None = None, spot: bool = False, price_per_ho
     skipped = sorted(set(recipe.enabled_cuts()) - set(MODELED_CUTS))
     notes = list(inputs.workload.notes)
     if skipped:
-        notes.append(f"cuts not modeled (they change how many steps run, not what a step costs): {', '.join(skipped)}")
+        notes.append(f"cuts the planner does not model (their effect on a step's memory and FLOPs is not included): "
+                     f"{', '.join(skipped)}")
     result = {
         "model": recipe.model.name_or_path,
         "task": recipe.model.task,
