@@ -20,6 +20,7 @@ from leantrain.engine.context import RunContext
 from leantrain.engine.tasks import CausalLMTask, ClassificationTask, CustomTask
 from leantrain.errors import DeviceError, UserError
 from leantrain.observe.accountant import MemoryAccountant
+from leantrain.plan.ledger import CostLedger
 from leantrain.recipe import Recipe
 
 
@@ -183,7 +184,7 @@ def build_session(
     if len(train_examples) == 0:
         raise UserError("the training data has no examples")
 
-    cuts = build_cuts(recipe, instruments=(MemoryAccountant(),))
+    cuts = build_cuts(recipe, instruments=(MemoryAccountant(), CostLedger.for_recipe(recipe)))
     run = RunContext(device=device, train=cfg, tokenizer=tokenizer)
     cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
     run.model = cuts.prepare_model(model, run).to(device)
