@@ -113,11 +113,14 @@ class BudgetSection(Section):
 
 
 class HardwareSection(Section):
-    name: str = Field("cpu", description="What the run is billed as (free text for now; the catalog comes with `leantrain plan`).")
+    name: str = Field(
+        "cpu",
+        description="What the run is billed as: a `leantrain hardware` catalog name (its cheapest on-demand price applies unless `price_per_hour` is set) or free text.",
+    )
     price_per_hour: float = Field(
         0.0893,
         ge=0,
-        description="Dollars per device-hour used for cost figures. Default: a 2-vCPU cloud VM (AWS c7i.large on-demand, us-east-1 list price).",
+        description="Dollars per device-hour used for cost figures; set it to override the catalog. Default: a 2-vCPU cloud VM (AWS c7i.large on-demand, us-east-1 list price).",
     )
 
 

@@ -88,7 +88,8 @@ def run_smoke(recipe_path, overrides: list[str] | None = None, report: Callable[
     def check_shapes() -> str:
         session = state["session"]
         run = session.run
-        batch = state["batch"] = next(iter(session.batches_from(0, 0)))
+        _, batch = next(iter(session.batches_from(0, 0)))
+        state["batch"] = batch
         with torch.no_grad(), session.cuts.forward_context(run):
             loss = session.task.loss_sum(run.model, move_to_device(batch, run.device)) / session.task.count(batch)
         assert math.isfinite(loss.item()), f"the first loss is {loss.item()} (check the data and the model)"

@@ -47,6 +47,8 @@ class Cut:
       order_batches(batches, epoch, run, lengths)  the order of an epoch's batches (curriculum)
       prepare_model(model, run)       wrap or modify the model (PEFT, checkpointing, casts)
       forward_context(run)            a context manager around forward + loss (autocast)
+      example_weights(indices, run)   per-example loss weights (importance sampling), or None
+      on_example_losses(indices, losses, run)  each example's loss, detached (loss-aware samplers)
       scale_loss(loss, run)           change the loss before backward (grad scaling)
       on_before_optimizer_step(opt, run)  gradients are complete (unscale before clipping)
       optimizer_step(optimizer, run)  take over the optimizer step; return True if done
@@ -81,6 +83,13 @@ class Cut:
 
     def forward_context(self, run: "RunContext") -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
+
+    def example_weights(self, indices: torch.Tensor, run: "RunContext") -> torch.Tensor | None:
+        """Weights for the losses of the examples at ``indices``; None means all 1."""
+        return None
+
+    def on_example_losses(self, indices: torch.Tensor, losses: torch.Tensor, run: "RunContext") -> None:
+        """Each example's (unweighted, detached) loss, as the forward pass computed it."""
 
     def scale_loss(self, loss: torch.Tensor, run: "RunContext") -> torch.Tensor:
         return loss
@@ -159,6 +168,17 @@ class CutStack:
             for cut in self.cuts:
                 stack.enter_context(cut.forward_context(run))
             yield
+
+    def example_weights(self, indices, run):
+        weights = None
+        for cut in self.cuts:
+            if (w := cut.example_weights(indices, run)) is not None:
+                weights = w if weights is None else weights * w
+        return weights
+
+    def on_example_losses(self, indices, losses, run) -> None:
+        for cut in self.cuts:
+            cut.on_example_losses(indices, losses, run)
 
     def scale_loss(self, loss, run):
         for cut in self.cuts:

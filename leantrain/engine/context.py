@@ -29,6 +29,9 @@ class RunContext:
     extras: dict[str, Any] = field(default_factory=dict)  # per-run facts cuts report (summary)
     signals: StopSignals = field(default_factory=StopSignals)  # SIGTERM/SIGINT -> stop at a safe point
     tokenizer: Any = None                      # the model's tokenizer, when there is one
+    # Each training example's loss under the current weights, without gradients: the
+    # difficulty score a loss curriculum orders by. Set by the session.
+    score_examples: Callable[[], torch.Tensor] | None = None
 
     @property
     def device_type(self) -> str:

@@ -64,9 +64,9 @@ def fit(
     should_stop: Callable[[RunContext], str | None] = lambda run: None,
 ) -> None:
     """Train ``run.model`` until the step budget, an epoch budget, a cut, a guard or a
-    stop signal says stop. ``batches_from(epoch, start)`` yields that epoch's batches
-    from batch ``start`` on; ``checkpoint(why)`` is told "due", "preempted" or "end"
-    and decides whether to save."""
+    stop signal says stop. ``batches_from(epoch, start)`` yields that epoch's
+    ``(example indices, batch)`` pairs from batch ``start`` on; ``checkpoint(why)`` is
+    told "due", "preempted" or "end" and decides whether to save."""
     model, optimizer, state, cfg = run.model, run.optimizer, run.state, run.train
     total_epochs = math.ceil(cfg.epochs)
     eval_every = cfg.eval_every or steps_per_epoch
@@ -95,12 +95,17 @@ def fit(
         while state.epoch < total_epochs and state.stop_reason is None:
             for group in step_groups(batches_from(state.epoch, state.batch_in_epoch), run.micro_batches_per_step, wait):
                 # -- forward and backward over the micro-batches of one optimizer step --
-                denominator = sum(task.count(batch) for batch in group)
+                denominator = sum(task.count(batch) for _, batch in group)
                 step_loss = torch.zeros((), device=run.device)
-                for batch in group:
+                for indices, batch in group:
                     batch = move_to_device(batch, run.device)
                     with cuts.forward_context(run):
-                        loss = task.loss_sum(model, batch) / denominator
+                        losses = task.example_losses(model, batch)
+                        # A sampler that draws examples unevenly weights them back (None: all 1).
+                        weights = cuts.example_weights(indices, run)
+                        weighted = losses if weights is None else losses * weights.to(losses.device, losses.dtype)
+                        loss = weighted.sum() / denominator
+                    cuts.on_example_losses(indices, losses.detach(), run)
                     cuts.scale_loss(loss, run).backward()
                     step_loss += loss.detach()
                 state.batch_in_epoch += len(group)
@@ -121,7 +126,7 @@ def fit(
                 run.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
-                state.samples_seen += sum(task.batch_size(batch) for batch in group)
+                state.samples_seen += sum(task.batch_size(batch) for _, batch in group)
                 cuts.on_step_end(run)
 
                 # -- bookkeeping: time, logging, evaluation, checkpoints, stopping --

@@ -110,6 +110,9 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "saved": saved,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, **_lib_versions()},
     }
+    ledger = next((c for c in cuts if hasattr(c, "summary_fields")), None)
+    if ledger is not None:  # the cost ledger's price (catalog-aware, all devices) and MFU
+        summary.update(ledger.summary_fields(run))
     _write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -26,6 +26,8 @@ from leantrain.engine.signals import Preempted, StopSignals
 from leantrain.errors import UserError
 from leantrain.observe.memory import peak_memory, reset_peak
 from leantrain.observe.metrics import MetricsLog
+from leantrain.plan.catalog import resolve_price
+from leantrain.plan.ledger import find_ledger, world_size
 from leantrain.recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 
 
@@ -46,7 +48,8 @@ def as_recipe(recipe: Recipe | str | os.PathLike | dict, overrides: list[str] | 
 
 def budget_guard(recipe: Recipe) -> Callable[[RunContext], str | None]:
     """Stop when the budget is spent; warn once, early, when the projection exceeds it."""
-    budget, price = recipe.budget, recipe.hardware.price_per_hour
+    budget = recipe.budget
+    price = resolve_price(recipe.hardware)[0] * world_size()  # every device is billed
     warned = False
 
     def check(run: RunContext) -> str | None:
@@ -119,8 +122,6 @@ def train(
         run.signals = signals
         prepare_seconds = time.perf_counter() - prepare_started
         data_stats = dict(session.data_info.stats) if session.data_info else {"rows_in": len(session.train_examples)}
-        padded = session.padded_token_fraction()
-        data_stats["padded_token_fraction"] = round(padded, 4) if padded is not None else None
 
         metrics_path = run_dir / "metrics.jsonl"
         resume_point = find_resume_point(run_dir, resume)
@@ -129,11 +130,14 @@ def train(
         else:
             metrics_path.unlink(missing_ok=True)
         log = MetricsLog(metrics_path, run.total_steps, show_progress)
-        run.log = lambda event: log.write(event, run.state)
+        ledger = find_ledger(cuts)  # adds cost, MFU and utilization to every train line
+        run.log = lambda event: log.write(ledger.annotate(event, run) if ledger else event, run.state)
         checkpointer = Checkpointer(run_dir, recipe.train, run, cuts)
         reset_peak(run.device)
 
         def summarize(final_eval: dict, saved: dict) -> dict:
+            padded = session.padded_token_fraction()
+            data_stats["padded_token_fraction"] = round(padded, 4) if padded is not None else None
             return write_summary(run_dir, recipe, run, cuts, final_eval, saved, prepare_seconds,
                                  peak_memory(run.device, run.extras), signals.name, data_stats)
 

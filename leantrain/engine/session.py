@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from leantrain.cuts import CutStack, build_cuts
-from leantrain.data.batching import batch_loader, epoch_order, padded_fraction
+from leantrain.data.batching import batch_loader, epoch_order
 from leantrain.engine.context import RunContext
 from leantrain.engine.tasks import CausalLMTask, ClassificationTask, CustomTask
 from leantrain.errors import DeviceError, UserError
 from leantrain.observe.accountant import MemoryAccountant
+from leantrain.plan.ledger import CostLedger
 from leantrain.recipe import Recipe
 
 
@@ -77,6 +78,8 @@ class Session:
     tokenizer: Any = None
     data_info: Any = None
     lengths: list[int] | None = None
+    token_slots: int = 0                 # padded token positions of the batches trained on
+    real_tokens: int = 0
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         cfg = self.recipe.train
@@ -85,11 +88,45 @@ class Session:
         return self.cuts.order_batches(batches, epoch, self.run, self.lengths)
 
     def batches_from(self, epoch: int, start: int):
-        """Batches of ``epoch`` from batch ``start`` on: the skipped ones are never built."""
-        return batch_loader(self.train_examples, self.epoch_batches(epoch)[start:], self.collate, self.recipe.train.data_workers)
+        """``(example indices, batch)`` pairs of ``epoch`` from batch ``start`` on: the
+        skipped ones are never built."""
+        batches = self.epoch_batches(epoch)[start:]
+        loader = batch_loader(self.train_examples, batches, self.collate, self.recipe.train.data_workers, with_indices=True)
+        return loader if self.lengths is None else self._count_padding(batches, loader)
+
+    def _count_padding(self, batches: list[list[int]], loader):
+        """Count the token slots of the batches actually trained on, and how many hold
+        real tokens: the padded fraction then reflects every ordering cut."""
+        for indices, item in zip(batches, loader):
+            self.token_slots += max(self.lengths[i] for i in indices) * len(indices)
+            self.real_tokens += sum(self.lengths[i] for i in indices)
+            yield item
+
+    def score_examples(self) -> torch.Tensor:
+        """Each training example's loss under the current weights, in eval mode and
+        without gradients: one forward pass over the data, for loss-aware orderings."""
+        from leantrain.engine.loop import move_to_device
+
+        if not getattr(self.task, "per_example", False):
+            raise UserError("a loss-based ordering needs one loss per example; a custom loss_fn returns only a batch mean")
+        run = self.run
+        order = epoch_order(len(self.train_examples), self.recipe.train.batch_size, 0, 0, shuffle=False)
+        scores = torch.empty(len(self.train_examples))
+        run.model.eval()
+        try:
+            with torch.no_grad():
+                for indices, batch in batch_loader(self.train_examples, order, self.collate, with_indices=True):
+                    run.signals.check()
+                    with self.cuts.forward_context(run):
+                        scores[indices] = self.task.example_losses(run.model, move_to_device(batch, run.device)).float().cpu()
+        finally:
+            run.model.train()
+        return scores
 
     def padded_token_fraction(self) -> float | None:
-        return padded_fraction(self.epoch_batches(0), self.lengths) if self.lengths else None
+        """Share of the trained batches' token slots that were padding (None before any
+        batch, or for data without token lengths)."""
+        return 1.0 - self.real_tokens / self.token_slots if self.token_slots else None
 
     def evaluate(self) -> dict[str, float]:
         """Eval metrics; checks for a stop signal between batches (a safe point)."""
@@ -151,7 +188,7 @@ def build_session(
     if len(train_examples) == 0:
         raise UserError("the training data has no examples")
 
-    cuts = build_cuts(recipe, instruments=(MemoryAccountant(),))
+    cuts = build_cuts(recipe, instruments=(MemoryAccountant(), CostLedger.for_recipe(recipe)))
     run = RunContext(device=device, train=cfg, tokenizer=tokenizer)
     cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
     run.model = cuts.prepare_model(model, run).to(device)
@@ -167,5 +204,7 @@ def build_session(
         from leantrain.data.shards import read_lengths
 
         lengths = read_lengths(train_examples)
-    return Session(recipe, run, cuts, task, train_examples, eval_examples, collate, steps_per_epoch,
-                   tokenizer, data_info, lengths)
+    session = Session(recipe, run, cuts, task, train_examples, eval_examples, collate, steps_per_epoch,
+                      tokenizer, data_info, lengths)
+    run.score_examples = session.score_examples
+    return session

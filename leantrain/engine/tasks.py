@@ -1,8 +1,10 @@
 """Tasks: how a batch becomes a summed loss, and how a model is evaluated.
 
-A task returns the *sum* of per-sample (or per-token) losses and says how many samples
-(or tokens) a batch holds; the loop divides by the count of the whole optimizer step,
-which is what makes gradient accumulation exact.
+A task returns one summed loss per example (``example_losses``) and says how many
+samples (or target tokens) a batch holds; the loop sums the examples' losses (weighted,
+if a sampler asks for it) and divides by the count of the whole optimizer step, which is
+what makes gradient accumulation exact. Per-example losses are also what loss-aware
+samplers (importance sampling, a loss curriculum) learn from.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def _first_tensor(batch) -> torch.Tensor:
 class ClassificationTask:
     """Sequence classification with cross-entropy; metrics: accuracy, majority baseline."""
 
+    per_example = True  # example_losses has one entry per example
+
     def __init__(self, majority_label: int | None = None):
         self.majority_label = majority_label
 
@@ -37,9 +41,12 @@ class ClassificationTask:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return model(**inputs).logits
 
-    def loss_sum(self, model, batch: dict) -> torch.Tensor:
+    def example_losses(self, model, batch: dict) -> torch.Tensor:
         logits = self.logits(model, batch)
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+
+    def loss_sum(self, model, batch: dict) -> torch.Tensor:
+        return self.example_losses(model, batch).sum()
 
     @torch.no_grad()
     def evaluate(self, model, batches, forward_context, device) -> dict[str, float]:
@@ -65,19 +72,26 @@ class ClassificationTask:
 class CausalLMTask:
     """Next-token prediction; the count is the number of target tokens, not of rows."""
 
+    per_example = True
+
     def count(self, batch: dict) -> int:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def batch_size(self, batch: dict) -> int:
         return int(batch["labels"].shape[0])
 
-    def loss_sum(self, model, batch: dict) -> torch.Tensor:
+    def example_losses(self, model, batch: dict) -> torch.Tensor:
+        """Each row's summed next-token loss (padding and ignored targets count zero)."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits[:, :-1].float()
         targets = batch["labels"][:, 1:]
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        per_token = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
         )
+        return per_token.view(targets.shape).sum(dim=1)
+
+    def loss_sum(self, model, batch: dict) -> torch.Tensor:
+        return self.example_losses(model, batch).sum()
 
     @torch.no_grad()
     def evaluate(self, model, batches, forward_context, device) -> dict[str, float]:
@@ -102,6 +116,8 @@ class CustomTask:
     averaged over samples.
     """
 
+    per_example = False
+
     def __init__(self, loss_fn: Callable, metric_fn: Callable | None = None):
         self.loss_fn, self.metric_fn = loss_fn, metric_fn
 
@@ -110,8 +126,14 @@ class CustomTask:
 
     batch_size = count
 
+    def example_losses(self, model, batch) -> torch.Tensor:
+        """The user's mean loss gives no per-example values: one entry for the whole
+        batch. Samplers that need per-example losses refuse such tasks (see
+        ``per_example``)."""
+        return (self.loss_fn(model, batch) * self.count(batch)).reshape(1)
+
     def loss_sum(self, model, batch) -> torch.Tensor:
-        return self.loss_fn(model, batch) * self.count(batch)
+        return self.example_losses(model, batch).sum()
 
     @torch.no_grad()
     def evaluate(self, model, batches, forward_context, device) -> dict[str, float]:

@@ -22,8 +22,11 @@ from leantrain.cuts.base import Cut
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
+    # The storage object's own address, not its data pointer: views share it, and it is
+    # distinct for meta and fake tensors too (which have no data), so the planner counts
+    # saved tensors of a traced step with this same code.
     storage = t.untyped_storage()
-    return storage.data_ptr(), storage.nbytes()
+    return storage._cdata, storage.nbytes()
 
 
 class SavedTensorCounter:
@@ -34,10 +37,9 @@ class SavedTensorCounter:
         self.storages: dict[int, int] = {}
 
     def _pack(self, t: torch.Tensor):
-        if t.device.type != "meta":
-            ptr, size = _storage_key(t)
-            if ptr not in self.exclude:
-                self.storages[ptr] = size
+        ptr, size = _storage_key(t)
+        if ptr not in self.exclude:
+            self.storages[ptr] = size
         return t
 
     @property

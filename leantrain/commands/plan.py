@@ -1,0 +1,126 @@
+"""`leantrain plan` (memory, FLOPs, hours and dollars before launch) and `leantrain hardware`."""
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> dict:
+    plan = subparsers.add_parser("plan", help="predict memory, FLOPs, hours and dollars of a recipe (no weights downloaded)")
+    plan.add_argument("recipe")
+    plan.add_argument("--gpu", dest="gpus", action="append", metavar="NAME",
+                      help="accelerator from the catalog (repeatable; default: every one; see `leantrain hardware`)")
+    plan.add_argument("--spot", action="store_true", help="recommend by spot prices instead of on-demand")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument("--price-per-hour", type=float, metavar="USD", help="price of one device-hour for every listed GPU")
+    plan.add_argument("--rows", type=int, metavar="N", help="training rows, when the data is not at hand")
+    plan.add_argument("--catalog", metavar="FILE", help="your own catalog (YAML/JSON) extending or overriding the built-in one")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+    hardware = subparsers.add_parser("hardware", help="list the hardware and price catalog")
+    hardware.add_argument("--json", action="store_true")
+    hardware.add_argument("--catalog", metavar="FILE")
+    hardware.add_argument("--calibrate", action="store_true", help="re-measure this CPU's peak instead of using the cache")
+    return {"plan": _plan, "hardware": _hardware}
+
+
+def _gib(n) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _usd(n) -> str:
+    return "-" if n is None else f"${n:.3g}" if n < 1 else f"${n:,.2f}"
+
+
+def _plan(args) -> int:
+    from leantrain.errors import UserError
+    from leantrain.plan.planner import plan
+    from leantrain.recipe import load_recipe
+
+    if args.price_per_hour is not None and args.price_per_hour < 0:
+        raise UserError(f"--price-per-hour: must be >= 0 (got {args.price_per_hour})")
+    if args.rows is not None and args.rows < 1:
+        raise UserError(f"--rows: must be >= 1 (got {args.rows})")
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = plan(recipe, args.gpus, args.spot, args.price_per_hour, args.rows, args.catalog)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(render_plan(result))
+    return 0
+
+
+def render_plan(p: dict) -> str:
+    setup, mem, flops = p["setup"], p["memory_breakdown"], p["flops_breakdown"]
+    lines = [
+        f"{p['model']} ({p['task']}): {p['params']['total']:,} parameters, {p['params']['trainable']:,} trainable",
+        f"step: {setup['cuts']}, micro-batch {setup['micro_batch']} x {setup['accumulation']} accumulated, "
+        f"sequence {p['seq_len']['memory']} (longest batch) / {p['seq_len']['flops']} (mean), {p['train_rows'] or '?'} training rows",
+        "",
+        f"peak memory on {p['target']}: {_gib(p['peak_memory_bytes'])}",
+    ]
+    for key in ("weights", "gradients", "optimizer_states", "saved_activations", "temporaries", "framework_overhead"):
+        lines.append(f"  {key.replace('_', ' '):<20} {_gib(mem[key]):>12}")
+    lines += [
+        f"FLOPs per step: {flops['total']:.3e} (forward {flops['forward']:.3e}, backward {flops['backward']:.3e}, "
+        f"recompute {flops['recompute']:.3e}); {p['tokens_per_step']:,} tokens per step",
+        "",
+        f"{'gpu':<10} {'fits':<5} {'peak':>11} {'max batch':>9} {'hours':>9} {'on-demand':>11} {'spot':>11}  cheapest listing",
+    ]
+    for g in p["gpus"]:
+        hours = "-" if g["hours"] is None else f"{g['hours']:.3g}"
+        where = f"{g['provider']} {g['instance']} ({g['price_as_of']})" if g.get("instance") else (g.get("provider") or "-")
+        lines.append(f"{g['name']:<10} {'yes' if g['fits'] else 'no':<5} {_gib(g['peak_memory_bytes']):>11} "
+                     f"{g['max_batch_size']:>9} {hours:>9} {_usd(g['usd_on_demand']):>11} {_usd(g['usd_spot']):>11}  {where}")
+    rec = p.get("recommendation") or {}
+    lines.append("")
+    if "gpu" in rec:
+        lines.append(f"recommended ({rec['pricing']}): {rec['gpu']}, {rec['cuts']} (computes in {rec['compute_dtype']}), "
+                     f"micro-batch {rec['micro_batch']} x {rec['accumulation']} -> {rec['hours']:.3g} h, {_usd(rec['usd'])}")
+        base = rec.get("baseline")
+        if base:
+            lines.append(f"  vs full fine-tuning in fp32 ({base['gpu']}, micro-batch {base['micro_batch']} x "
+                         f"{base['accumulation']}): {_usd(base['usd'])}; saving {_usd(rec['saving_usd'])}")
+        else:
+            lines.append(f"  {rec.get('baseline_note')}")
+    elif rec:
+        lines.append(f"recommendation: {rec['note']}")
+    lines += [f"note: {n}" for n in p["notes"]]
+    lines.append("assumptions: hours = FLOPs / (peak x the catalog's training_efficiency), or memory traffic if slower; "
+                 "prices are dated list prices (see `leantrain hardware`)")
+    return "\n".join(lines)
+
+
+def _listing(price: dict) -> str:
+    spot = "-" if price["spot"] is None else f"${price['spot']:.4g}"
+    return f"{price['provider']} {price['region']} {price['instance']}: ${price['on_demand']:.4g} / {spot} ({price['as_of']})"
+
+
+def _hardware(args) -> int:
+    from leantrain.plan.calibrate import cpu_peak_tflops
+    from leantrain.plan.catalog import load_catalog, local_cpu
+
+    catalog = load_catalog(args.catalog)
+    if args.calibrate:
+        catalog.get("cpu").peak_tflops = cpu_peak_tflops(refresh=True)
+    local_cpu(catalog)
+    rows = []
+    for acc in catalog.accelerators.values():
+        rows.append({
+            "name": acc.name, "description": acc.description, "memory_bytes": acc.memory_bytes,
+            "peak_tflops": acc.peak_tflops, "bandwidth_gbps": acc.bandwidth_gbps,
+            "training_efficiency": acc.training_efficiency, "source": acc.source,
+            "prices": [vars(r) for r in acc.prices],
+        })
+    if args.json:
+        print(json.dumps({"catalog_files": catalog.sources, "accelerators": rows}, indent=2))
+        return 0
+    print(f"{'name':<10} {'memory':>9} {'fp32':>7} {'bf16':>7} {'fp16':>7} {'GB/s':>6}  prices per device-hour (on-demand / spot)")
+    for row in rows:
+        t = row["peak_tflops"]
+        prices = "; ".join(_listing(p) for p in row["prices"]) or "-"
+        tf = lambda k: f"{t[k]:.4g}" if k in t else "-"  # noqa: E731
+        print(f"{row['name']:<10} {_gib(row['memory_bytes']):>9} {tf('fp32'):>7} {tf('bf16'):>7} {tf('fp16'):>7} "
+              f"{row['bandwidth_gbps']:>6.0f}  {prices}")
+    print("TFLOP/s dense peaks from datasheets (cpu: measured here); prices as of the date shown, "
+          "sources in `leantrain hardware --json`; catalog: " + ", ".join(catalog.sources))
+    return 0
