@@ -61,7 +61,7 @@ class DataSection(Section):
         "(columns, max_length, limit, split, seed, `data.curate`, task) are unchanged.",
     )
     cache_dir: str | None = Field(
-        None, description="Where tokenized examples are cached; default $LEANTRAIN_CACHE_DIR, else ~/.cache/leantrain/tokenized."
+        None, description="Where tokenized examples are cached; default $LEANTRAIN_CACHE_DIR/tokenized, else ~/.cache/leantrain/tokenized."
     )
     pack: bool = Field(
         False,

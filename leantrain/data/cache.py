@@ -46,9 +46,13 @@ class CacheWarning(UserWarning):
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
-    """The recipe's ``data.cache_dir``, else ``$LEANTRAIN_CACHE_DIR``, else ~/.cache/leantrain/tokenized."""
-    chosen = cache_dir or os.environ.get(ENV_VAR) or DEFAULT_DIR
-    return Path(chosen).expanduser()
+    """The recipe's ``data.cache_dir``, else ``$LEANTRAIN_CACHE_DIR/tokenized``, else
+    ~/.cache/leantrain/tokenized. ``$LEANTRAIN_CACHE_DIR`` is the root of every leantrain
+    cache (the planner's calibration lives beside the tokenized data)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    root = os.environ.get(ENV_VAR)
+    return Path(root).expanduser() / "tokenized" if root else DEFAULT_DIR.expanduser()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -22,7 +22,7 @@ CALIBRATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def cache_dir() -> Path:
     root = os.environ.get("LEANTRAIN_CACHE_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "leantrain"
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "leantrain") / "calibration"
 
 
 def _cpu_model() -> str:

@@ -7,9 +7,9 @@ import pytest
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Each test gets its own tokenized cache, never the user's ~/.cache."""
-    path = tmp_path / "tokenized-cache"
-    monkeypatch.setenv("LEANTRAIN_CACHE_DIR", str(path))
-    return path
+    root = tmp_path / "leantrain-cache"
+    monkeypatch.setenv("LEANTRAIN_CACHE_DIR", str(root))
+    return root / "tokenized"
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def test_cpu_calibration_is_cached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(calibrate, "measure_matmul_tflops", must_not_run)
     assert calibrate.cpu_peak_tflops(size=64) == first
-    assert json.loads((tmp_path / "cpu_peak.json").read_text())[calibrate.machine_key()] == first
+    assert json.loads((tmp_path / "calibration" / "cpu_peak.json").read_text())[calibrate.machine_key()] == first
 
 
 def test_hardware_command_lists_the_catalog(capsys):
