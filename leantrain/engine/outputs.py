@@ -76,7 +76,8 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
                   signal_name: str | None = None, data: dict | None = None) -> dict:
     state = run.state
     trainable, total = _param_counts(run.model) if run.model is not None else (0, 0)
-    price = recipe.hardware.price_per_hour
+    price = recipe.hardware.price_per_hour  # per device-hour; a run on W devices pays W times
+    world = run.world_size
     summary = {
         "version": SUMMARY_VERSION,
         "status": state.status,
@@ -103,14 +104,16 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "peak_memory_method": peak[1],
         "peak_rss_bytes": peak_rss_bytes(),
         "price_per_hour": price,
-        "cost_usd": round(price * state.train_seconds / 3600, 6),
+        "world_size": world,
+        "cost_usd": round(price * world * state.train_seconds / 3600, 6),
         "cuts": cuts.names(),
         "device": str(run.device),
         "extras": run.extras,
         "saved": saved,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, **_lib_versions()},
     }
-    _write_json(run_dir / "summary.json", summary)
+    if run.parallel.is_main:  # under torchrun, rank 0 writes for all
+        _write_json(run_dir / "summary.json", summary)
     return summary
 
 
