@@ -9,7 +9,7 @@ below returns its input when ``world_size == 1``.
 What ranks must agree on, and where they do it:
   - the model: DistributedDataParallel broadcasts rank 0's weights when it wraps the
     model and averages gradients in buckets while backward is still running
-    (compute/communication overlap), or FSDP2 (``fully_shard``) shards the weights;
+    (compute/communication overlap);
   - each optimizer step's totals (examples, samples or target tokens, micro-batches):
     one all-reduce of three numbers, so each rank divides its summed loss by the global
     count and accumulation stays exact across ranks;
@@ -26,9 +26,6 @@ from dataclasses import dataclass
 
 import torch
 
-from leantrain.errors import DeviceError
-
-STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -36,7 +33,6 @@ class Parallel:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    strategy: str = "ddp"
 
     @property
     def enabled(self) -> bool:
@@ -47,16 +43,14 @@ class Parallel:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, strategy: str = "ddp") -> "Parallel":
+    def from_env(cls) -> "Parallel":
         """This process's place in a torchrun job; a single process when not under torchrun."""
-        if strategy not in STRATEGIES:
-            raise DeviceError(f"LEANTRAIN_STRATEGY={strategy!r}: allowed values are {', '.join(STRATEGIES)}")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         import torch.distributed as dist
 
-        parallel = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), strategy)
+        parallel = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
@@ -72,19 +66,11 @@ class Parallel:
         return requested
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """The module the training forward goes through: DDP (or FSDP2) under torchrun,
-        the model itself otherwise. Evaluation and saving use the unwrapped model."""
+        """The module the training forward goes through: DDP under torchrun, the model
+        itself otherwise. Evaluation and saving use the unwrapped model (the weights are
+        the same on every rank)."""
         if not self.enabled:
             return model
-        if self.strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            # Shard each transformer block, then the rest: one all-gather per block in
-            # forward, one reduce-scatter per block in backward.
-            for module in model.modules():
-                if module is not model and type(module).__name__.endswith(("Layer", "Block", "DecoderLayer")):
-                    fully_shard(module)
-            return fully_shard(model)
         from torch.nn.parallel import DistributedDataParallel
 
         # bucket_cap_mb (25) and gradient_as_bucket_view are the overlap knobs; see docs/distributed.md.
@@ -96,8 +82,6 @@ class Parallel:
         on the last micro-batch of an optimizer step (DDP ``no_sync`` before it)."""
         if self.enabled and not last and hasattr(train_model, "no_sync"):
             return train_model.no_sync()
-        if self.enabled and self.strategy == "fsdp" and hasattr(train_model, "set_requires_gradient_sync"):
-            train_model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
     """The single-node torchrun command that runs ``leantrain train`` on ``nproc`` ranks.
     ``--standalone`` picks a free rendezvous port, so several jobs can share a machine."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "--local-ranks-filter=0",  # one rank prints; the others would repeat it
             "-m", "leantrain", "train", *train_args]
 
 
