@@ -80,3 +80,20 @@ def test_task_round_trips_through_skypilot(tmp_path, monkeypatch):
     assert parsed.num_nodes == 2 and resources.use_spot and resources.accelerators == {"A10G": 1}
     assert "--resume auto" in parsed.run
     assert list(parsed.storage_mounts) == list(task["file_mounts"])
+
+
+def test_train_nproc_exits_like_the_run_not_like_torchrun(tmp_path):
+    """torchrun exits 1 when a rank was preempted; `leantrain train --nproc` reports what
+    the run's summary says, so a preempted job still exits 143 for its supervisor."""
+    import json
+
+    from leantrain.launch.torchrun import exit_code_of
+
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "preempted", "signal": "SIGTERM"}))
+    assert exit_code_of(tmp_path, 1) == 143
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert exit_code_of(tmp_path, 0) == 0
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "diverged"}))
+    assert exit_code_of(tmp_path, 1) == 3
+    (tmp_path / "summary.json").unlink()
+    assert exit_code_of(tmp_path, 1) == 1  # no summary: the run never started; torchrun's word
