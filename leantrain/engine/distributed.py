@@ -9,7 +9,8 @@ below returns its input when ``world_size == 1``.
 What ranks must agree on, and where they do it:
   - the model: DistributedDataParallel broadcasts rank 0's weights when it wraps the
     model and averages gradients in buckets while backward is still running
-    (compute/communication overlap);
+    (compute/communication overlap); with ``cuts.fsdp`` FSDP2 (``fully_shard``) shards
+    weights, gradients and optimizer states instead, and checkpoints gather them whole;
   - each optimizer step's totals (examples, samples or target tokens, micro-batches):
     one all-reduce of three numbers, so each rank divides its summed loss by the global
     count and accumulation stays exact across ranks;
@@ -33,6 +34,8 @@ class Parallel:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    shard: bool = False                  # FSDP instead of DDP (set by cuts.fsdp)
+    reshard_after_forward: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -71,6 +74,8 @@ class Parallel:
         the same on every rank)."""
         if not self.enabled:
             return model
+        if self.shard:
+            return self._fully_shard(model)
         from torch.nn.parallel import DistributedDataParallel
 
         # bucket_cap_mb (25) and gradient_as_bucket_view are the overlap knobs; see docs/distributed.md.
@@ -80,9 +85,82 @@ class Parallel:
     def micro_step(self, train_model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
         """Around one micro-batch's forward and backward: gradients are all-reduced only
         on the last micro-batch of an optimizer step (DDP ``no_sync`` before it)."""
-        if self.enabled and not last and hasattr(train_model, "no_sync"):
+        if self.fsdp:
+            train_model.set_requires_gradient_sync(last)  # reduce-scatter on the last only
+        elif self.enabled and not last:
             return train_model.no_sync()
         return contextlib.nullcontext()
+
+    # -- FSDP: sharded weights, gathered whole for checkpoints and the saved model --
+
+    def _fully_shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Shard each block the model names as unsplittable (Hugging Face models list
+        them in ``_no_split_modules``), then the rest: one all-gather per block in
+        forward and one reduce-scatter per block in backward, overlapped with compute."""
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(model, "_no_split_modules", None) or [])
+        for module in list(model.modules()):
+            if module is not model and type(module).__name__ in blocks:
+                fully_shard(module, reshard_after_forward=self.reshard_after_forward)
+        return fully_shard(model, reshard_after_forward=self.reshard_after_forward)
+
+    @property
+    def fsdp(self) -> bool:
+        return self.enabled and self.shard
+
+    @contextlib.contextmanager
+    def full_weights(self, model: torch.nn.Module):
+        """Every rank sees whole parameters inside (an all-gather under FSDP), so the
+        usual code saves them; outside, they are shards again. Read-only: writes to the
+        gathered copies are lost, load with ``load_weights``."""
+        if not self.fsdp:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        for module in sharded:
+            module.unshard()
+        try:
+            yield
+        finally:
+            for module in sharded:
+                module.reshard()
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the model's state dict gathered whole on the CPU (every rank must
+        call it; rank 0 receives it); None otherwise, where ``model.state_dict()`` is whole."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_weights(self, model: torch.nn.Module, full: dict[str, torch.Tensor]) -> None:
+        """Whole tensors by parameter/buffer name into a sharded model (each rank keeps its shard)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's state, whole: under FSDP gathered from the shards and keyed by
+        parameter name (a collective: every rank calls it)."""
+        if not self.fsdp:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+    def clip_grad_norm(self, parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the gradient norm over all ranks' gradients; returns the norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a sharded sum
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over ranks, in place (one all-reduce); unchanged on one process."""

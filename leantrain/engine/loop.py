@@ -125,7 +125,7 @@ def fit(
 
                 # -- the update, skipped when the loss or a gradient is NaN/Inf --
                 cuts.on_before_optimizer_step(optimizer, run)
-                grad_norm = torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+                grad_norm = parallel.clip_grad_norm(clip_params, max_norm)
                 loss_ok, grads_ok = torch.stack([step_loss.isfinite(), grad_norm.isfinite()]).tolist()  # one host sync
                 if loss_ok and grads_ok:
                     cuts.optimizer_step(optimizer, run)

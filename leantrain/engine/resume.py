@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from leantrain.engine import checkpoint as ckpt
-from leantrain.engine.snapshot import load_snapshot, save_snapshot
+from leantrain.engine.snapshot import collect_snapshot, load_snapshot, write_snapshot
 from leantrain.errors import UserError
 
 
@@ -52,14 +52,15 @@ class Checkpointer:
             self.save()
 
     def save(self) -> Path:
-        """One checkpoint per step for all ranks: the weights are replicated, so rank 0
-        writes; the barriers make every rank reach this step before the write and wait
+        """One checkpoint per step for all ranks: rank 0 writes the whole state (replicated
+        under DDP, gathered from the shards under FSDP); the barriers make every rank reach this step before the write and wait
         until ``latest`` names the new checkpoint before going on (or exiting)."""
         step, parallel = self.run.state.step, self.run.parallel
         parallel.barrier()
+        collected = collect_snapshot(self.run, self.cuts)  # under FSDP every rank gathers
         if parallel.is_main:
             self.last_path = ckpt.write_checkpoint(
-                self.root, step, lambda folder: save_snapshot(folder, self.run, self.cuts), keep=self.cfg.keep_checkpoints
+                self.root, step, lambda folder: write_snapshot(folder, collected), keep=self.cfg.keep_checkpoints
             )
         else:
             self.last_path = self.root / f"{ckpt.PREFIX}{step:09d}"

@@ -202,8 +202,10 @@ def _train(recipe: Recipe, parallel: Parallel, resume: str | None, show_progress
             log.close()
 
         saved = {}
-        if recipe.output.save_model and run.state.status != "preempted" and parallel.is_main:
-            saved = save_model(run_dir, recipe, run.model, session.tokenizer, session.data_info, cuts, run)
+        if recipe.output.save_model and run.state.status != "preempted":
+            whole = parallel.full_state_dict(run.model)  # FSDP: every rank helps gather the shards
+            if parallel.is_main:
+                saved = save_model(run_dir, recipe, run.model, session.tokenizer, session.data_info, cuts, run, whole)
         if checkpointer.last_path is not None:
             saved["checkpoint"] = str(checkpointer.last_path)
         summary = summarize(final_eval, saved)

@@ -22,6 +22,8 @@ from leantrain.cuts.base import Cut
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
+    if hasattr(t, "to_local"):  # a sharded DTensor (FSDP): count this rank's shard
+        t = t.to_local()
     storage = t.untyped_storage()
     return storage.data_ptr(), storage.nbytes()
 

@@ -4,7 +4,7 @@ rank, which examples it trained on in which epoch, by riding an instrument on th
 hooks (``on_example_losses`` sees only real examples, never a rank's stand-in).
 
 Usage: python ddp_worker.py SPEC.json, SPEC holding run_dir, out, epochs, accumulation,
-resume, kill_at (the number of recorded micro-batches after which rank kill_rank sends
+fsdp, resume, kill_at (the number of recorded micro-batches after which rank kill_rank sends
 itself SIGTERM, like a preempted spot instance) and kill_rank.
 """
 from __future__ import annotations
@@ -43,8 +43,10 @@ def make_model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
 
 
-def recipe(run_dir: str, epochs: float, accumulation: int) -> dict:
+def recipe(run_dir: str, epochs: float, accumulation: int, fsdp: bool = False) -> dict:
     cuts = {"grad_accumulation": {"steps": accumulation}} if accumulation > 1 else {}
+    if fsdp:
+        cuts["fsdp"] = True
     return {"train": {"epochs": epochs, "batch_size": BATCH_SIZE, "seed": 5, "lr": 1e-2, "checkpoint_every": 100,
                       "log_every": 1, "schedule": "linear"},
             "cuts": cuts, "output": {"dir": run_dir}}
@@ -63,7 +65,8 @@ def run(spec: dict) -> dict:
 
     session_module.MemoryAccountant = Recorder
     try:
-        result = train(recipe(spec["run_dir"], spec["epochs"], spec.get("accumulation", 1)), model=make_model(),
+        result = train(recipe(spec["run_dir"], spec["epochs"], spec.get("accumulation", 1), spec.get("fsdp", False)),
+                       model=make_model(),
                        loss_fn=loss_fn, train_data=examples(), eval_data=examples(8), collate_fn=collate,
                        show_progress=False, resume=spec.get("resume"))
     finally:

@@ -52,17 +52,37 @@ def jobs(tmp_path_factory):
     # A single-process run stopped by SIGTERM mid-epoch, to be resumed on 2 ranks.
     first = ddp_worker.run(json.loads(_spec(root / "grow-1", run_dir=str(root / "grow" / "run"), kill_at=3).read_text()))
     assert first["status"] == "preempted"
+    # One process accumulating 2, stopped after its second step, to be resumed on 2 ranks with FSDP.
+    first = ddp_worker.run(json.loads(_spec(root / "fsdp-1", run_dir=str(root / "fsdp" / "run"), accumulation=2,
+                                            kill_at=3).read_text()))
+    assert first["status"] == "preempted"
     specs = {
         "ddp": _spec(root / "ddp"),                                     # 2 ranks, start to finish
         "shrink": _spec(root / "shrink", kill_at=6, kill_rank=1),        # SIGTERM to rank 1 only
         "grow": _spec(root / "grow-2", run_dir=str(root / "grow" / "run"), resume="auto"),
+        "fsdp": _spec(root / "fsdp-2", run_dir=str(root / "fsdp" / "run"), resume="auto", fsdp=True),
     }
     started = {name: _torchrun(spec) for name, spec in specs.items()}
+    # Meanwhile, the reference: one process accumulating 2 micro-batches, uninterrupted.
+    reference = ddp_worker.run(json.loads(_spec(root / "reference", accumulation=2).read_text()))
+    assert reference["status"] == "completed"
     results = {}
     for name, process in started.items():
         output, _ = process.communicate(timeout=300)
         results[name] = (process.returncode, output)
     return root, results
+
+
+def _reference_weights(root: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(str(root / "reference" / "run" / "model" / "model.safetensors"))
+    initial = ddp_worker.make_model().state_dict()
+    assert any(not torch.equal(weights[k], initial[k]) for k in weights)  # it trained
+    return weights
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def _assert_each_example_once_per_epoch(records: list[dict]) -> None:
@@ -72,21 +92,16 @@ def _assert_each_example_once_per_epoch(records: list[dict]) -> None:
         assert set(counts.values()) == {1}, f"epoch {epoch}: repeated {[i for i, c in counts.items() if c > 1]}"
 
 
-def test_two_ranks_give_the_weights_of_one_process_accumulating_two(jobs, tmp_path):
+def test_two_ranks_give_the_weights_of_one_process_accumulating_two(jobs):
     root, results = jobs
     code, output = results["ddp"]
     assert code == 0, output[-3000:]
     records = _records(root / "ddp")
     assert [r["world_size"] for r in records] == [2, 2]
     _assert_each_example_once_per_epoch(records)  # disjoint shares covering the data
-
-    single = ddp_worker.run(json.loads(_spec(tmp_path, accumulation=2).read_text()))
-    assert single["status"] == "completed" and single["steps"] == records[0]["steps"]
+    assert records[0]["steps"] == json.loads((root / "reference" / "run" / "summary.json").read_text())["steps"]
     distributed = load_file(str(root / "ddp" / "run" / "model" / "model.safetensors"))
-    alone = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
-    initial = ddp_worker.make_model().state_dict()
-    assert any(not torch.equal(alone[k], initial[k]) for k in alone)  # it trained
-    assert max((distributed[k] - alone[k]).abs().max().item() for k in alone) <= 1e-5
+    assert _max_difference(distributed, _reference_weights(root)) <= 1e-5
     summary = json.loads((root / "ddp" / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["cost_usd"] == pytest.approx(summary["price_per_hour"] * 2 * summary["train_seconds"] / 3600, abs=1e-6)
@@ -118,3 +133,24 @@ def test_one_process_run_resumes_on_two_ranks(jobs):
     summary = json.loads((root / "grow" / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and len(summary["resumed_from_steps"]) == 1
     _assert_each_example_once_per_epoch(_records(root / "grow-1") + records)
+
+
+def test_fsdp_resumes_a_one_process_run_and_matches_it(jobs):
+    """FSDP loads a whole checkpoint into shards, trains, and gathers the shards whole
+    for the checkpoint and the saved model: the weights are those of one process."""
+    root, results = jobs
+    code, output = results["fsdp"]
+    assert code == 0, output[-3000:]
+    records = _records(root / "fsdp-2")
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    _assert_each_example_once_per_epoch(_records(root / "fsdp-1") + records)
+    reference = _reference_weights(root)
+    run_dir = root / "fsdp" / "run"
+    assert _max_difference(load_file(str(run_dir / "model" / "model.safetensors")), reference) <= 1e-5
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    saved = {k.removeprefix("model.param."): v for k, v in load_file(str(latest / "tensors.safetensors")).items()
+             if k.startswith("model.param.")}
+    assert _max_difference(saved, reference) <= 1e-5
+    # Its optimizer state, gathered by parameter name, loads back into one process.
+    again = ddp_worker.run(json.loads(_spec(root / "fsdp-3", run_dir=str(run_dir), resume=str(latest)).read_text()))
+    assert again["status"] == "completed" and again["steps"] == records[0]["steps"]
