@@ -48,3 +48,16 @@ def test_no_signal_anywhere_keeps_training():
     signals.agree = lambda signum: signum
     signals.check()
     assert not signals.requested
+
+
+def test_the_budget_counts_every_device():
+    from types import SimpleNamespace
+
+    from leantrain.engine.run import as_recipe, budget_guard
+    from leantrain.engine.state import TrainState
+
+    guard = budget_guard(as_recipe({"budget": {"max_usd": 1.0}, "hardware": {"price_per_hour": 1.0}}))
+    half_hour = SimpleNamespace(state=TrainState(step=1, train_seconds=1800.0), total_steps=1, log=print, world_size=1)
+    assert guard(half_hour) is None  # $0.50 on one device
+    half_hour.world_size = 2
+    assert "budget.max_usd" in guard(half_hour)  # $1.00 on two
