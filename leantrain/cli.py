@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from leantrain.errors import LeantrainError
@@ -21,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="auto|PATH",
                        help="continue from the newest valid checkpoint of the run directory (auto) or from PATH")
     train.add_argument("--no-smoke", action="store_true", help="skip the smoke test that runs before training")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="train on N processes (devices) of this machine through torchrun (DDP)")
 
     smoke = sub.add_parser("smoke", help="a one-minute check of a recipe before paying for the run")
     smoke.add_argument("recipe")
@@ -78,6 +81,10 @@ def _train(args) -> int:
 
     if not args.no_smoke:
         _smoke(args)
+    if args.nproc is not None and "LOCAL_RANK" not in os.environ:
+        from leantrain.launch.torchrun import train_with_torchrun
+
+        return train_with_torchrun(args.recipe, args.nproc, args.overrides, args.resume, args.quiet)
     result = train(args.recipe, overrides=args.overrides, resume=args.resume, show_progress=not args.quiet)
     summary = result.summary
     print(describe_result(summary))

@@ -88,8 +88,8 @@ def run_smoke(recipe_path, overrides: list[str] | None = None, report: Callable[
     def check_shapes() -> str:
         session = state["session"]
         run = session.run
-        _, batch = next(iter(session.batches_from(0, 0)))
-        state["batch"] = batch
+        indices, batch = next(iter(session.batches_from(0, 0)))
+        state["batch"] = (indices, batch)  # what the loop trains on: (example indices, batch)
         with torch.no_grad(), session.cuts.forward_context(run):
             loss = session.task.loss_sum(run.model, move_to_device(batch, run.device)) / session.task.count(batch)
         assert math.isfinite(loss.item()), f"the first loss is {loss.item()} (check the data and the model)"
@@ -101,7 +101,7 @@ def run_smoke(recipe_path, overrides: list[str] | None = None, report: Callable[
         run, batch = session.run, state["batch"]
         losses: list[float] = []
         run.log = lambda event: losses.append(event["loss"]) if event.get("event") in ("train", "skipped_step") else None
-        group = [batch] * run.micro_batches_per_step
+        group = [batch] * run.micro_batches_per_rank
         fit(run, session.cuts, session.task, lambda epoch, start: group * OVERFIT_STEPS, lambda: {}, OVERFIT_STEPS)
         bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
         lr = state["recipe"].train.lr

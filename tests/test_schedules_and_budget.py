@@ -149,7 +149,7 @@ def test_budget_guard_warns_once_early_when_the_projection_exceeds_the_budget(ca
 
     guard = budget_guard(as_recipe({"budget": {"max_hours": 0.01}}))  # 36 s
     logged = []
-    fake = SimpleNamespace(state=TrainState(step=5, train_seconds=5.0), total_steps=100, log=logged.append)
+    fake = SimpleNamespace(state=TrainState(step=5, train_seconds=5.0), total_steps=100, log=logged.append, world_size=1)
     assert guard(fake) is None  # 5 s spent: keep going...
     assert [e["event"] for e in logged] == ["budget_warning"]  # ...but 100 s projected > 36 s: say so now
     assert "budget.max_hours=0.01" in capsys.readouterr().err

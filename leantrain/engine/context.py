@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from leantrain.engine.distributed import Parallel
 from leantrain.engine.signals import StopSignals
 from leantrain.engine.state import TrainState
 
@@ -22,7 +23,8 @@ class RunContext:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     state: TrainState = field(default_factory=TrainState)
-    micro_batches_per_step: int = 1            # set > 1 by gradient accumulation
+    # Micro-batches in one optimizer step across all ranks: accumulation steps x world size.
+    micro_batches_per_step: int = 1
     total_steps: int = 0
     batches_per_epoch: int = 0
     log: Callable[[dict], None] = lambda event: None
@@ -32,6 +34,19 @@ class RunContext:
     # Each training example's loss under the current weights, without gradients: the
     # difficulty score a loss curriculum orders by. Set by the session.
     score_examples: Callable[[], torch.Tensor] | None = None
+    parallel: Parallel = field(default_factory=Parallel)  # this process's rank among torchrun's
+    # What the training forward goes through: the DDP/FSDP wrapper under torchrun, else the
+    # model. Evaluation, checkpoints and saving use ``model``.
+    train_model: torch.nn.Module | None = None
+
+    @property
+    def world_size(self) -> int:
+        """Processes (devices) training together; cost figures count every one."""
+        return self.parallel.world_size
+
+    @property
+    def micro_batches_per_rank(self) -> int:
+        return max(self.micro_batches_per_step // self.world_size, 1)
 
     @property
     def device_type(self) -> str:

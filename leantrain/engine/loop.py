@@ -7,7 +7,9 @@ through ``cuts``.
 
 Losses are summed, then divided by the number of samples (or target tokens) in the
 whole optimizer step, so k micro-batches of b give exactly the update of one batch of
-k*b, including a short last group at the end of an epoch.
+k*b, including a short last group at the end of an epoch. Under torchrun each rank
+trains on its share of every step and divides by the count of the whole step over all
+ranks (``run.parallel``), so W ranks give the update of one process accumulating W.
 """
 from __future__ import annotations
 
@@ -64,10 +66,12 @@ def fit(
     should_stop: Callable[[RunContext], str | None] = lambda run: None,
 ) -> None:
     """Train ``run.model`` until the step budget, an epoch budget, a cut, a guard or a
-    stop signal says stop. ``batches_from(epoch, start)`` yields that epoch's
-    ``(example indices, batch)`` pairs from batch ``start`` on; ``checkpoint(why)`` is
-    told "due", "preempted" or "end" and decides whether to save."""
-    model, optimizer, state, cfg = run.model, run.optimizer, run.state, run.train
+    stop signal says stop. ``batches_from(epoch, start)`` yields this rank's
+    ``(example indices, batch)`` pairs of that epoch from global micro-batch ``start``
+    on (empty indices: a stand-in that only joins the gradient all-reduce);
+    ``checkpoint(why)`` is told "due", "preempted" or "end" and decides whether to save."""
+    optimizer, state, cfg, parallel = run.optimizer, run.state, run.train, run.parallel
+    model = run.train_model or run.model
     total_epochs = math.ceil(cfg.epochs)
     eval_every = cfg.eval_every or steps_per_epoch
     clip_params = run.trainable_parameters()
@@ -93,26 +97,35 @@ def fit(
             stop("reached the step budget", "completed")
 
         while state.epoch < total_epochs and state.stop_reason is None:
-            for group in step_groups(batches_from(state.epoch, state.batch_in_epoch), run.micro_batches_per_step, wait):
+            for group in step_groups(batches_from(state.epoch, state.batch_in_epoch), run.micro_batches_per_rank, wait):
                 # -- forward and backward over the micro-batches of one optimizer step --
-                denominator = sum(task.count(batch) for _, batch in group)
+                real = [(indices, batch) for indices, batch in group if len(indices)]
+                # The whole step's count over all ranks (one all-reduce under torchrun).
+                denominator, step_samples, step_batches = parallel.totals(
+                    [sum(task.count(b) for _, b in real), sum(task.batch_size(b) for _, b in real), len(real)])
+                parallel.reseed(cfg.seed, state.step)
                 step_loss = torch.zeros((), device=run.device)
-                for indices, batch in group:
+                for position, (indices, batch) in enumerate(group):
                     batch = move_to_device(batch, run.device)
-                    with cuts.forward_context(run):
-                        losses = task.example_losses(model, batch)
-                        # A sampler that draws examples unevenly weights them back (None: all 1).
-                        weights = cuts.example_weights(indices, run)
-                        weighted = losses if weights is None else losses * weights.to(losses.device, losses.dtype)
-                        loss = weighted.sum() / denominator
-                    cuts.on_example_losses(indices, losses.detach(), run)
-                    cuts.scale_loss(loss, run).backward()
+                    with parallel.micro_step(model, last=position == len(group) - 1):  # sync gradients once per step
+                        with cuts.forward_context(run):
+                            losses = task.example_losses(model, batch)
+                            # A sampler that draws examples unevenly weights them back (None: all 1);
+                            # a stand-in weighs nothing.
+                            weights = cuts.example_weights(indices, run) if len(indices) else torch.zeros_like(losses)
+                            weighted = losses if weights is None else losses * weights.to(losses.device, losses.dtype)
+                            loss = weighted.sum() / denominator
+                        if len(indices):
+                            cuts.on_example_losses(indices, losses.detach(), run)
+                        # DDP averages gradients over ranks; each rank's share is of the global sum.
+                        cuts.scale_loss(loss * run.world_size, run).backward()
                     step_loss += loss.detach()
-                state.batch_in_epoch += len(group)
+                step_loss = parallel.sum(step_loss)
+                state.batch_in_epoch += int(step_batches)
 
                 # -- the update, skipped when the loss or a gradient is NaN/Inf --
                 cuts.on_before_optimizer_step(optimizer, run)
-                grad_norm = torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+                grad_norm = parallel.clip_grad_norm(clip_params, max_norm)
                 loss_ok, grads_ok = torch.stack([step_loss.isfinite(), grad_norm.isfinite()]).tolist()  # one host sync
                 if loss_ok and grads_ok:
                     cuts.optimizer_step(optimizer, run)
@@ -126,7 +139,7 @@ def fit(
                 run.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
-                state.samples_seen += sum(task.batch_size(batch) for _, batch in group)
+                state.samples_seen += int(step_samples)
                 cuts.on_step_end(run)
 
                 # -- bookkeeping: time, logging, evaluation, checkpoints, stopping --

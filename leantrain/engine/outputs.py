@@ -20,8 +20,9 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) -> dict[str, str]:
-    """Save the trained weights (only the adapter with LoRA) plus what predict needs."""
+def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, state_dict: dict | None = None) -> dict[str, str]:
+    """Save the trained weights (only the adapter with LoRA) plus what predict needs.
+    ``state_dict``: the weights when the model holds only shards of them (FSDP)."""
     out = run_dir / "model"
     if (out / "leantrain.json").is_file():
         # A previous run's model: remove it whole. A stale adapter_config.json left next to
@@ -32,7 +33,7 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) ->
     out.mkdir(parents=True, exist_ok=True)
     adapter = hasattr(model, "peft_config")  # a PEFT model saves only its adapter
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(out)
+        model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         if recipe.model.from_scratch and adapter:
             # The randomly initialised base exists nowhere else; without it the adapter is
             # unusable. Save it (adapters removed) next to the adapter, in model/base.
@@ -42,7 +43,8 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run) ->
     else:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        whole = model.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in whole.items()}
         save_file(state, out / "model.safetensors")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -76,7 +78,8 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
                   signal_name: str | None = None, data: dict | None = None) -> dict:
     state = run.state
     trainable, total = _param_counts(run.model) if run.model is not None else (0, 0)
-    price = recipe.hardware.price_per_hour
+    price = recipe.hardware.price_per_hour  # per device-hour; a run on W devices pays W times
+    world = run.world_size
     summary = {
         "version": SUMMARY_VERSION,
         "status": state.status,
@@ -103,7 +106,8 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "peak_memory_method": peak[1],
         "peak_rss_bytes": peak_rss_bytes(),
         "price_per_hour": price,
-        "cost_usd": round(price * state.train_seconds / 3600, 6),
+        "world_size": world,
+        "cost_usd": round(price * world * state.train_seconds / 3600, 6),
         "cuts": cuts.names(),
         "device": str(run.device),
         "extras": run.extras,
@@ -113,7 +117,8 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
     ledger = next((c for c in cuts if hasattr(c, "summary_fields")), None)
     if ledger is not None:  # the cost ledger's price (catalog-aware, all devices) and MFU
         summary.update(ledger.summary_fields(run))
-    _write_json(run_dir / "summary.json", summary)
+    if run.parallel.is_main:  # under torchrun, rank 0 writes for all
+        _write_json(run_dir / "summary.json", summary)
     return summary
 
 

@@ -7,12 +7,13 @@ the end; it decides from the recipe's cadence (steps and/or minutes) whether to 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from leantrain.engine import checkpoint as ckpt
-from leantrain.engine.snapshot import load_snapshot, save_snapshot
+from leantrain.engine.snapshot import collect_snapshot, load_snapshot, write_snapshot
 from leantrain.errors import UserError
 
 
@@ -40,7 +41,10 @@ class Checkpointer:
         if self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0:
             return True
         minutes = self.cfg.checkpoint_minutes
-        return bool(minutes and time.monotonic() - self.last_time >= minutes * 60)
+        if not minutes:
+            return False
+        # Clocks differ between ranks: all save when any rank's clock says so.
+        return bool(self.run.parallel.max(int(time.monotonic() - self.last_time >= minutes * 60)))
 
     def __call__(self, why: str) -> None:
         """``why``: "due" (after a step), "preempted" (always saves) or "end"."""
@@ -48,10 +52,19 @@ class Checkpointer:
             self.save()
 
     def save(self) -> Path:
-        step = self.run.state.step
-        self.last_path = ckpt.write_checkpoint(
-            self.root, step, lambda folder: save_snapshot(folder, self.run, self.cuts), keep=self.cfg.keep_checkpoints
-        )
+        """One checkpoint per step for all ranks: rank 0 writes the whole state (replicated
+        under DDP, gathered from the shards under FSDP); the barriers make every rank reach this step before the write and wait
+        until ``latest`` names the new checkpoint before going on (or exiting)."""
+        step, parallel = self.run.state.step, self.run.parallel
+        parallel.barrier()
+        collected = collect_snapshot(self.run, self.cuts)  # under FSDP every rank gathers
+        if parallel.is_main:
+            self.last_path = ckpt.write_checkpoint(
+                self.root, step, lambda folder: write_snapshot(folder, collected), keep=self.cfg.keep_checkpoints
+            )
+        else:
+            self.last_path = self.root / f"{ckpt.PREFIX}{step:09d}"
+        parallel.barrier()
         self.last_time = time.monotonic()
         self.run.log({"event": "checkpoint", "path": str(self.last_path)})
         return self.last_path
@@ -89,14 +102,17 @@ def has_unfinished_run(run_dir: Path) -> bool:
     return status not in ("completed", "early_stopped")
 
 
-def resume_from(folder: Path, run, cuts, metrics_path: Path) -> None:
-    """Load ``folder`` into the run and cut metrics.jsonl back to the checkpoint's step."""
+def resume_from(folder: Path, run, cuts, metrics_path: Path | None) -> None:
+    """Load ``folder`` into the run and cut metrics.jsonl back to the checkpoint's step
+    (``metrics_path`` None: another rank does that)."""
     load_snapshot(folder, run, cuts)
     # A checkpoint written on preemption carries that outcome; the resumed run starts over.
     run.state.status, run.state.stop_reason = "running", None
     step = run.state.step
     run.state.resumed_from.append(step)
-    if metrics_path.is_file():
+    if run.state.order_micro_batches and run.state.order_micro_batches != run.micro_batches_per_step:
+        resize_schedule(run)
+    if metrics_path is not None and metrics_path.is_file():
         kept = []
         for line in metrics_path.read_text(encoding="utf-8").splitlines():
             try:
@@ -105,4 +121,30 @@ def resume_from(folder: Path, run, cuts, metrics_path: Path) -> None:
             except ValueError:
                 continue  # a line torn by a kill mid-write
         metrics_path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    warn(f"resuming from {folder} (step {step}, epoch {run.state.epoch})")
+    if run.parallel.is_main:
+        warn(f"resuming from {folder} (step {step}, epoch {run.state.epoch})")
+
+
+def resize_schedule(run) -> None:
+    """Resumed on another number of ranks (elastic): a step now covers a different
+    number of micro-batches, so the steps left change. Count them from the data cursor
+    and stretch the schedule to the new total; the learning rate of the next step is
+    the one the checkpoint recorded."""
+    from leantrain.engine.session import make_scheduler
+
+    state, cfg = run.state, run.train
+    per_epoch, group = run.batches_per_epoch, run.micro_batches_per_step
+    epochs_left = cfg.epochs - state.epoch
+    if epochs_left < 1:  # a fractional last epoch
+        steps = max(math.ceil((epochs_left * per_epoch - state.batch_in_epoch) / group), 0)
+    else:
+        steps = math.ceil((per_epoch - state.batch_in_epoch) / group)
+        steps += math.ceil((epochs_left - 1) * math.ceil(per_epoch / group))
+    run.total_steps = state.step + steps
+    if cfg.max_steps:
+        run.total_steps = min(run.total_steps, cfg.max_steps)
+    saved = run.scheduler.state_dict()
+    run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)
+    run.scheduler.load_state_dict(saved)
+    for group_lr, lr in zip(run.optimizer.param_groups, run.scheduler.get_last_lr()):
+        group_lr["lr"] = lr

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from leantrain.engine.context import RunContext
+from leantrain.engine.distributed import Parallel
 from leantrain.engine.loop import fit
 from leantrain.engine.outputs import save_model, write_summary
 from leantrain.engine.resume import Checkpointer, checkpoint_root, find_resume_point, has_unfinished_run, resume_from
@@ -27,7 +28,7 @@ from leantrain.errors import UserError
 from leantrain.observe.memory import peak_memory, reset_peak
 from leantrain.observe.metrics import MetricsLog
 from leantrain.plan.catalog import resolve_price
-from leantrain.plan.ledger import find_ledger, world_size
+from leantrain.plan.ledger import find_ledger
 from leantrain.recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 
 
@@ -49,12 +50,13 @@ def as_recipe(recipe: Recipe | str | os.PathLike | dict, overrides: list[str] | 
 def budget_guard(recipe: Recipe) -> Callable[[RunContext], str | None]:
     """Stop when the budget is spent; warn once, early, when the projection exceeds it."""
     budget = recipe.budget
-    price = resolve_price(recipe.hardware)[0] * world_size()  # every device is billed
+    price_per_device = resolve_price(recipe.hardware)[0]
     warned = False
 
     def check(run: RunContext) -> str | None:
         nonlocal warned
         hours = run.state.train_seconds / 3600
+        price = price_per_device * run.world_size  # every device is billed
         if budget.max_hours is not None and hours >= budget.max_hours:
             return f"budget.max_hours={budget.max_hours} reached"
         if budget.max_usd is not None and hours * price >= budget.max_usd:
@@ -109,31 +111,69 @@ def train(
     recipe's ``model`` and ``data`` sections are then ignored.
     """
     recipe = as_recipe(recipe, overrides)
+    parallel = Parallel.from_env()  # a torchrun rank, or one process (no process group)
+    try:
+        return _train(recipe, parallel, resume, show_progress, dict(
+            model=model, loss_fn=loss_fn, train_data=train_data, eval_data=eval_data, collate_fn=collate_fn,
+            metric_fn=metric_fn))
+    finally:
+        parallel.close()
+
+
+class _NoLog:
+    """What ranks other than 0 log to: rank 0 writes the run's metrics alone."""
+
+    def write(self, event: dict, state) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _agreed(parallel: Parallel, guard: Callable[[RunContext], str | None]) -> Callable[[RunContext], str | None]:
+    """A budget guard all ranks obey together: their clocks differ by a little, and a
+    rank that stopped alone would leave the others waiting in the next all-reduce."""
+    if not parallel.enabled:
+        return guard
+
+    def check(run: RunContext) -> str | None:
+        reason = guard(run)
+        return reason or ("the budget was reached (on another rank)" if parallel.max(int(reason is not None)) else None)
+
+    return check
+
+
+def _train(recipe: Recipe, parallel: Parallel, resume: str | None, show_progress: bool, user_parts: dict) -> RunResult:
     run_dir = recipe.run_dir()
-    _prepare_run_dir(run_dir, recipe, resume)
+    if parallel.is_main:
+        _prepare_run_dir(run_dir, recipe, resume)
+    parallel.barrier()  # the run directory is ready before any rank reads it
     with StopSignals() as signals:
         prepare_started = time.perf_counter()
         try:
-            session = build_session(recipe, model=model, loss_fn=loss_fn, train_data=train_data, eval_data=eval_data,
-                                    collate_fn=collate_fn, metric_fn=metric_fn, check=signals.check)
+            session = build_session(recipe, check=signals.check, parallel=parallel, **user_parts)
         except Preempted as signal_name:
-            return RunResult(_preempted_before_training(run_dir, str(signal_name)), run_dir, None)
+            return RunResult(_preempted_before_training(run_dir, str(signal_name), parallel.is_main), run_dir, None)
         run, cuts = session.run, session.cuts
         run.signals = signals
+        if parallel.enabled:
+            signals.agree = parallel.max  # a signal to any rank stops every rank at the same step
         prepare_seconds = time.perf_counter() - prepare_started
         data_stats = dict(session.data_info.stats) if session.data_info else {"rows_in": len(session.train_examples)}
 
         metrics_path = run_dir / "metrics.jsonl"
         resume_point = find_resume_point(run_dir, resume)
+        parallel.barrier()  # every rank found the checkpoint before rank 0 edits metrics.jsonl
         if resume_point is not None:
-            resume_from(resume_point, run, cuts, metrics_path)
-        else:
+            resume_from(resume_point, run, cuts, metrics_path if parallel.is_main else None)
+        elif parallel.is_main:
             metrics_path.unlink(missing_ok=True)
-        log = MetricsLog(metrics_path, run.total_steps, show_progress)
+        log = MetricsLog(metrics_path, run.total_steps, show_progress) if parallel.is_main else _NoLog()
         ledger = find_ledger(cuts)  # adds cost, MFU and utilization to every train line
         run.log = lambda event: log.write(ledger.annotate(event, run) if ledger else event, run.state)
         checkpointer = Checkpointer(run_dir, recipe.train, run, cuts)
         reset_peak(run.device)
+        budget_set = recipe.budget.max_usd is not None or recipe.budget.max_hours is not None
 
         def summarize(final_eval: dict, saved: dict) -> dict:
             padded = session.padded_token_fraction()
@@ -144,7 +184,7 @@ def train(
         try:
             signals.check()  # a signal during data preparation: stop before training
             fit(run, cuts, session.task, session.batches_from, session.evaluate, session.steps_per_epoch,
-                checkpointer, budget_guard(recipe))
+                checkpointer, _agreed(parallel, budget_guard(recipe)) if budget_set else budget_guard(recipe))
             state = run.state
             final_eval = state.last_eval
             if state.status not in ("preempted", "diverged"):
@@ -154,7 +194,9 @@ def train(
                 log.write({"event": "final_eval", **final_eval}, state)
         except Preempted as signal_name:
             run.state.status, run.state.stop_reason = "preempted", f"{signal_name} received"
-            return RunResult(summary=summarize({}, {}), run_dir=run_dir, model=run.model)
+            summary = summarize({}, {})
+            parallel.barrier()  # leave together: torchrun stops the other ranks when one exits
+            return RunResult(summary=summary, run_dir=run_dir, model=run.model)
         except BaseException as exc:
             run.state.status = "failed"
             run.state.stop_reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -165,17 +207,22 @@ def train(
 
         saved = {}
         if recipe.output.save_model and run.state.status != "preempted":
-            saved = save_model(run_dir, recipe, run.model, session.tokenizer, session.data_info, cuts, run)
+            whole = parallel.full_state_dict(run.model)  # FSDP: every rank helps gather the shards
+            if parallel.is_main:
+                saved = save_model(run_dir, recipe, run.model, session.tokenizer, session.data_info, cuts, run, whole)
         if checkpointer.last_path is not None:
             saved["checkpoint"] = str(checkpointer.last_path)
-        return RunResult(summary=summarize(final_eval, saved), run_dir=run_dir, model=run.model)
+        summary = summarize(final_eval, saved)
+        parallel.barrier()  # leave together: torchrun stops the other ranks when one exits
+        return RunResult(summary=summary, run_dir=run_dir, model=run.model)
 
 
-def _preempted_before_training(run_dir: Path, signal_name: str) -> dict:
+def _preempted_before_training(run_dir: Path, signal_name: str, write: bool = True) -> dict:
     """Summary of a run stopped during data preparation: nothing trained, nothing to save."""
     summary = {"status": "preempted", "stop_reason": f"{signal_name} received during data preparation",
                "signal": signal_name, "steps": 0, "train_seconds": 0.0, "cost_usd": 0.0, "eval": {}}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if write:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 

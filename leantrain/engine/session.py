@@ -6,6 +6,7 @@ run) and the tests: data, model, task, cuts, optimizer, scheduler and the batch 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from leantrain.cuts import CutStack, build_cuts
 from leantrain.data.batching import batch_loader, epoch_order
 from leantrain.engine.context import RunContext
+from leantrain.engine.distributed import Parallel, shard_epoch
 from leantrain.engine.tasks import CausalLMTask, ClassificationTask, CustomTask
 from leantrain.errors import DeviceError, UserError
 from leantrain.observe.accountant import MemoryAccountant
@@ -32,6 +34,8 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -81,17 +85,32 @@ class Session:
     token_slots: int = 0                 # padded token positions of the batches trained on
     real_tokens: int = 0
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        cfg = self.recipe.train
-        batches = epoch_order(len(self.train_examples), cfg.batch_size, cfg.seed, epoch, self.lengths,
-                              cfg.bucket_by_length, micro_batches=self.run.micro_batches_per_step)
-        return self.cuts.order_batches(batches, epoch, self.run, self.lengths)
+    def epoch_batches(self, epoch: int, grouping: int | None = None) -> list[list[int]]:
+        """Every micro-batch of ``epoch`` over all ranks, formed in optimizer steps of
+        ``grouping`` micro-batches (default: this run's)."""
+        cfg, run = self.recipe.train, self.run
+        current, run.micro_batches_per_step = run.micro_batches_per_step, grouping or run.micro_batches_per_step
+        try:  # cuts that reorder whole steps see the grouping the order is formed with
+            batches = epoch_order(len(self.train_examples), cfg.batch_size, cfg.seed, epoch, self.lengths,
+                                  cfg.bucket_by_length, micro_batches=run.micro_batches_per_step)
+            return self.cuts.order_batches(batches, epoch, run, self.lengths)
+        finally:
+            run.micro_batches_per_step = current
 
     def batches_from(self, epoch: int, start: int):
-        """``(example indices, batch)`` pairs of ``epoch`` from batch ``start`` on: the
-        skipped ones are never built."""
-        batches = self.epoch_batches(epoch)[start:]
+        """This rank's ``(example indices, batch)`` pairs of ``epoch`` from global
+        micro-batch ``start`` on: the skipped ones are never built. An epoch resumed on
+        another number of ranks keeps the order it was formed with, so no example is
+        skipped or repeated; a stand-in (see ``shard_epoch``) has empty indices."""
+        run, state = self.run, self.run.state
+        if start == 0 or not state.order_micro_batches:
+            state.order_micro_batches = run.micro_batches_per_step
+        batches = self.epoch_batches(epoch, state.order_micro_batches)
+        mine = shard_epoch(batches, start, run.micro_batches_per_rank, run.world_size, run.parallel.rank)
+        batches = [indices for indices, _ in mine]
         loader = batch_loader(self.train_examples, batches, self.collate, self.recipe.train.data_workers, with_indices=True)
+        if not all(real for _, real in mine):
+            loader = ((indices if real else indices[:0], batch) for (_, real), (indices, batch) in zip(mine, loader))
         return loader if self.lengths is None else self._count_padding(batches, loader)
 
     def _count_padding(self, batches: list[list[int]], loader):
@@ -168,14 +187,16 @@ def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
 
 def build_session(
     recipe: Recipe, *, model=None, loss_fn=None, train_data=None, eval_data=None, collate_fn=None, metric_fn=None,
-    check: Callable[[], None] = lambda: None,
+    check: Callable[[], None] = lambda: None, parallel: Parallel | None = None,
 ) -> Session:
-    """Seed, load data and model, apply the cuts, and size the schedule."""
+    """Seed, load data and model, apply the cuts, and size the schedule. With
+    ``parallel`` (a torchrun rank), the model is wrapped for distributed training."""
     cfg = recipe.train
+    parallel = parallel or Parallel()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)  # the same on every rank: the same initial weights
+    device = parallel.device(pick_device(cfg.device))
     tokenizer = data_info = None
     if model is not None:
         if loss_fn is None or train_data is None:
@@ -189,9 +210,15 @@ def build_session(
         raise UserError("the training data has no examples")
 
     cuts = build_cuts(recipe, instruments=(MemoryAccountant(), CostLedger.for_recipe(recipe)))
-    run = RunContext(device=device, train=cfg, tokenizer=tokenizer)
+    run = RunContext(device=device, train=cfg, tokenizer=tokenizer, parallel=parallel)
     cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
+    run.micro_batches_per_step *= parallel.world_size  # a step spans every rank's micro-batches
     run.model = cuts.prepare_model(model, run).to(device)
+    if parallel.enabled and parallel.shard and recipe.model.from_scratch and hasattr(run.model, "peft_config"):
+        # Saving such a run copies the random base out of the model, which FSDP cannot copy.
+        raise UserError("cuts.fsdp: an adapter on a from_scratch model cannot be saved from shards; "
+                        "train it without cuts.fsdp, or fine-tune a pretrained model")
+    run.train_model = parallel.wrap(run.model, device)
     run.batches_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     steps_per_epoch = math.ceil(run.batches_per_epoch / run.micro_batches_per_step)
     run.total_steps = math.ceil(cfg.epochs * steps_per_epoch)

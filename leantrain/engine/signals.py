@@ -4,6 +4,12 @@ Spot instances get a SIGTERM shortly before they vanish. The first signal only s
 flag, which the loop checks after every step and between evaluation batches; the run
 then checkpoints and exits with status ``preempted`` (exit code 128 + signal number).
 A second signal aborts at once: checkpoints are atomic, so the previous one survives.
+
+Under torchrun a signal may reach one rank only (or the ranks at different moments).
+``agree`` (set by the run) takes this rank's signal number and returns the largest over
+all ranks; every rank calls ``check`` at the same safe points, so all of them stop at
+the same step. A stop learnt from another rank is not this process's first signal: its
+own SIGTERM arriving later still only asks for the checkpoint under way.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 WATCHED = (signal.SIGTERM, signal.SIGINT)
 
@@ -21,20 +28,29 @@ class Preempted(Exception):
 
 class StopSignals:
     def __init__(self):
-        self.signum: int | None = None
+        self.signum: int | None = None       # a signal this process received
+        self.relayed: int | None = None      # a signal another rank received
+        self.agree: Callable[[int], int] | None = None
         self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return (self.signum or self.relayed) is not None
 
     @property
     def name(self) -> str | None:
-        return signal.Signals(self.signum).name if self.signum else None
+        signum = self.signum or self.relayed
+        return signal.Signals(signum).name if signum else None
 
     def check(self) -> None:
-        """Raise Preempted if a stop signal arrived: call at safe points."""
-        if self.signum is not None:
+        """Raise Preempted if a stop signal arrived (on any rank): call at safe points,
+        the same ones on every rank."""
+        signum = self.signum or self.relayed or 0
+        if self.agree is not None:
+            signum = self.agree(signum)
+            if signum and self.signum is None:
+                self.relayed = signum
+        if signum:
             raise Preempted(self.name)
 
     def _handle(self, signum, frame) -> None:

@@ -78,33 +78,67 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model_state(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+def load_model_state(model: torch.nn.Module, saved: dict[str, torch.Tensor], parallel=None) -> None:
     current = model_state(model)
     missing = sorted(set(current) - set(saved))
     if missing:
         raise CheckpointError(f"checkpoint does not match the model: no value for {missing[0]!r}")
+    if parallel is not None and parallel.fsdp:  # each rank keeps its shard of the whole tensors
+        parallel.load_weights(model, {key.split(".", 1)[1]: saved[key] for key in current})
+        return
     with torch.no_grad():
         for key, target in current.items():
             target.copy_(saved[key])
 
 
-def save_snapshot(folder: Path, run, cuts) -> None:
+def _names_in_optimizer_order(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the order ``optimizer.state_dict()`` numbers them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _rekey(optimizer_state: dict, mapping: dict) -> dict:
+    """The optimizer state with parameter keys translated (numbers <-> names)."""
+    groups = [{**g, "params": [mapping[p] for p in g["params"]]} for g in optimizer_state["param_groups"]]
+    return {"state": {mapping[k]: v for k, v in optimizer_state["state"].items()}, "param_groups": groups}
+
+
+def collect_snapshot(run, cuts) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checkpoint's contents as (JSON state, tensors). Under FSDP this gathers the
+    shards whole and every rank must call it; otherwise it only takes references."""
+    parallel = run.parallel
     tensors: dict[str, torch.Tensor] = {}
+    with parallel.full_weights(run.model):
+        weights = model_state(run.model)
+        if parallel.fsdp:  # the gathered copies are freed when the weights are sharded again
+            weights = {k: v.detach().cpu().clone() for k, v in weights.items()}
     state = {
         "format": FORMAT_VERSION,
-        "model": split_tensors(model_state(run.model), "model", tensors),
-        "optimizer": split_tensors(run.optimizer.state_dict(), "optimizer", tensors),
+        "model": split_tensors(weights, "model", tensors),
+        "optimizer": split_tensors(parallel.optimizer_state(run.model, run.optimizer), "optimizer", tensors),
+        "optimizer_keys": "names" if parallel.fsdp else "numbers",
         "scheduler": split_tensors(run.scheduler.state_dict(), "scheduler", tensors),
         "rng": split_tensors(rng_state(), "rng", tensors),
         "train_state": run.state.to_dict(),
         "cuts": split_tensors(cuts.state_dict(), "cuts", tensors),
         "extras": split_tensors(run.extras, "extras", tensors),
     }
+    return state, tensors
+
+
+def write_snapshot(folder: Path, collected: tuple[dict, dict[str, torch.Tensor]]) -> None:
+    state, tensors = collected
     save_tensors(folder / TENSORS, tensors)
     write_json(folder / STATE, state)
 
 
+def save_snapshot(folder: Path, run, cuts) -> None:
+    write_snapshot(folder, collect_snapshot(run, cuts))
+
+
 def load_snapshot(folder: Path, run, cuts) -> None:
+    """Restore the run from ``folder``; every rank loads the same whole checkpoint (under
+    FSDP each keeps its shard), whatever number of ranks or strategy wrote it."""
     import json
 
     try:
@@ -114,10 +148,18 @@ def load_snapshot(folder: Path, run, cuts) -> None:
     if state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{folder}: checkpoint format {state.get('format')} is not {FORMAT_VERSION}")
     tensors = load_tensors(folder / TENSORS)
-    load_model_state(run.model, join_tensors(state["model"], tensors))
+    parallel = run.parallel
+    load_model_state(run.model, join_tensors(state["model"], tensors), parallel)
     optimizer_state = join_tensors(state["optimizer"], tensors)
-    optimizer_state["state"] = {int(k): v for k, v in optimizer_state["state"].items()}
-    run.optimizer.load_state_dict(optimizer_state)
+    names = _names_in_optimizer_order(run.model, run.optimizer)
+    if state.get("optimizer_keys", "numbers") == "numbers":  # JSON turned the numbers into strings
+        optimizer_state["state"] = {int(k): v for k, v in optimizer_state["state"].items()}
+    else:  # written under FSDP: keyed by parameter name
+        optimizer_state = _rekey(optimizer_state, {n: i for i, n in enumerate(names)})
+    if parallel.fsdp:
+        parallel.load_optimizer_state(run.model, run.optimizer, _rekey(optimizer_state, dict(enumerate(names))))
+    else:
+        run.optimizer.load_state_dict(optimizer_state)
     run.scheduler.load_state_dict(join_tensors(state["scheduler"], tensors))
     cuts.load_state_dict(join_tensors(state["cuts"], tensors))
     run.state = TrainState.from_dict(state["train_state"])

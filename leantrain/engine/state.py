@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass, field
 class TrainState:
     step: int = 0                 # optimizer steps taken
     epoch: int = 0                # current epoch (0-based)
-    batch_in_epoch: int = 0       # micro-batches consumed in the current epoch
+    batch_in_epoch: int = 0       # micro-batches consumed in the current epoch, over all ranks
+    # Micro-batches per step (all ranks) the current epoch's order was formed with: a run
+    # resumed on another number of ranks finishes the epoch in that order (0: not yet set).
+    order_micro_batches: int = 0
     samples_seen: int = 0
     train_seconds: float = 0.0    # wall time spent in fit(), summed over resumes
     data_wait_seconds: float = 0.0

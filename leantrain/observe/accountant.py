@@ -25,6 +25,8 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     # The storage object's own address, not its data pointer: views share it, and it is
     # distinct for meta and fake tensors too (which have no data), so the planner counts
     # saved tensors of a traced step with this same code.
+    if hasattr(t, "to_local"):  # a sharded DTensor (FSDP): count this rank's shard
+        t = t.to_local()
     storage = t.untyped_storage()
     return storage._cdata, storage.nbytes()
 
