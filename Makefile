@@ -30,6 +30,7 @@ bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/demo_cuts.py --steps 40
 	$(BIN)/python bench/bucketing.py --steps 24
 	$(BIN)/python bench/data_cache.py
+	$(BIN)/python bench/vs_hf.py --steps 30 --rounds 3 --fullft-rounds 3
 
 clean:
 	rm -rf $(VENV) runs data/demo
