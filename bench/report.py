@@ -24,19 +24,37 @@ def conditions(result: dict) -> str:
     m = result["machine"]
     pk = m["packages"]
     threads = result.get("threads") or "torch default"
+    start = f"{m['load_average_at_start'][0]:.1f}" if m.get("load_average_at_start") else "not recorded"
     return (f"*Machine: {m['cpu']}, {m['cores']} cores (AVX-512 BF16: {'yes' if m['avx512_bf16'] else 'no'}); "
             f"torch {pk['torch']}, transformers {pk['transformers']}, peft {pk['peft']}, accelerate {pk['accelerate']}, "
             f"datasets {pk['datasets']}, Python {m['python']}; leantrain commit {m['commit']}; torch threads per run: {threads}. "
-            f"The 2 cores were shared with other jobs (load average {m['load_average_at_start'][0]:.1f} at the start, "
+            f"The 2 cores were shared with other jobs (load average {start} at the start, "
             f"{m['load_average_at_end'][0]:.1f} at the end): runs alternate in rotated order and the figures are medians, "
-            f"ratios the median of per-round ratios. Phase time: {result['phase_seconds'] / 60:.1f} min.*")
+            f"ratios the median of per-round ratios. Phase time: {result['phase_seconds'] / 60:.1f} min"
+            f"{', command: `' + result['command'] + '`' if result.get('command') else ''}.*"
+            + (" *One torch thread per run: with torch's default two OpenMP threads on the overloaded cores a demo step "
+               "took 8-22 s (measured) instead of 1-4 s (threads spin-waiting for each other), for every contender alike.*"
+               if result.get("threads") == 1 else ""))
 
 
 def mb(value: float | None) -> str:
     return f"{value / 1e6:.0f}" if value else "–"
 
 
-def speed_section(speed: dict, accuracy: dict | None) -> str:
+def attention_lines(attention: dict) -> list[str]:
+    """The A/B of the one speed change this benchmark led to (bf16 on CPU: matmul attention)."""
+    sdpa, lt = attention["medians"]["leantrain-sdpa"], attention["medians"]["leantrain"]
+    rounds = ", ".join(f"{(r['leantrain-sdpa']['train_seconds'] / r['leantrain']['train_seconds']):.2f}x" for r in attention["rounds"])
+    return ["", "**What profiling changed.** `torch.profiler` on the demo step (1 thread) put 35% of CPU time in "
+            "`aten::_scaled_dot_product_flash_attention_for_cpu_backward`: PyTorch's fused attention is several times slower "
+            "in bf16 than plain matmul attention on CPU for these short rows. The precision cut now switches transformers "
+            "models to matmul (\"eager\") attention in bf16 on CPU (`extras.attention` in summary.json). Side by side, "
+            f"{attention['steps']} steps, {len(attention['rounds'])} alternating rounds: train {sdpa['per_step_seconds']:.3f} s/step "
+            f"with the fused kernel vs {lt['per_step_seconds']:.3f} s/step after the change, **{sdpa['per_step_ratio_vs_leantrain']:.2f}x** "
+            f"(per round: {rounds}). The Trainer runs above keep transformers' default (SDPA), as their users would."]
+
+
+def speed_section(speed: dict, accuracy: dict | None, attention: dict | None = None) -> str:
     med = speed["medians"]
     lines = [SECTIONS["speed"], "", conditions(speed), "",
              f"The demo recipe (examples/demo.yaml: all-MiniLM-L6-v2, LoRA r=8 alpha=16 dropout 0.05 on query/value, "
@@ -52,12 +70,18 @@ def speed_section(speed: dict, accuracy: dict | None) -> str:
                      f"{m['per_step_seconds']:.3f} | {m['samples_per_second']:.1f} | {m['per_step_ratio_vs_leantrain']:.2f}x | "
                      f"{mb(m.get('peak_rss_bytes'))} | {mb(m.get('accountant_peak_bytes'))} |")
     lt = med["leantrain"]
+    per_round = {n: ", ".join(f"{(r[n]['train_seconds'] / r[n]['steps']) / (r['leantrain']['train_seconds'] / r['leantrain']['steps']):.2f}x"
+                              for r in speed["rounds"]) for n in med if n != "leantrain"}
+    lines += ["", "Per-round train-time ratios against leantrain (the load moved between runs, so these spread widely): "
+              + "; ".join(f"{n} {v}" for n, v in per_round.items()) + "."]
     lines += ["", f"leantrain trains **{med['hf-best']['per_step_ratio_vs_leantrain']:.2f}x** faster per step than the best-configured "
               f"Trainer (target >= 1.5x) and **{med['hf-tutorial']['per_step_ratio_vs_leantrain']:.2f}x** faster than the tutorial "
               f"configuration (target >= 3x); end to end (whole process) {med['hf-best']['wall_seconds_ratio_vs_leantrain']:.2f}x and "
               f"{med['hf-tutorial']['wall_seconds_ratio_vs_leantrain']:.2f}x. leantrain's tensor accountant puts the training state at "
               f"{mb(lt.get('accountant_peak_bytes'))} MB (weights + gradients + optimizer states + saved activations); "
               "RSS includes the interpreter and libraries."]
+    if attention:
+        lines += attention_lines(attention)
     if accuracy:
         runs = accuracy["runs"]
         lines += ["", f"Whole recipe ({'recipe epochs' if not accuracy.get('epochs') else str(accuracy['epochs']) + ' epochs'}), "
@@ -109,6 +133,9 @@ def fullft_section(fullft: dict) -> str:
         fa = p["final_accuracy"]
         lines.append(f"| {i} | {p['target_accuracy']:.3f} | {cell('full fine-tune fp32')} | {cell('demo recipe')} | {frac} | "
                      f"{fa['full fine-tune fp32']:.3f} / {fa['demo recipe']:.3f} |")
+    if len(fullft["per_round"]) < 3:
+        lines += ["", f"Only {len(fullft['per_round'])} round was run here (`make bench` runs 3); the two runs of a round are "
+                  "sequential, so a change in the machine's load between them moves the ratio."]
     med = fullft["median_demo_dollar_fraction"]
     lines += ["", f"The demo recipe reaches the target for **{med:.3f}x** the full fine-tune's dollars (target <= 0.1)." if med is not None
               else "The demo recipe did not reach the target in any round.", ""]
@@ -149,9 +176,10 @@ def write_docs(results: Path, doc: Path) -> None:
         return json.loads(path.read_text()) if path.exists() else None
 
     speed, accuracy, fullft, mfu = load("speed"), load("accuracy"), load("fullft"), load("mfu")
+    attention = load("speed-attention")
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\nMeasured by `make bench`; each section names its machine and conditions.\n"
     if speed:
-        text = replace_section(text, SECTIONS["speed"], speed_section(speed, accuracy))
+        text = replace_section(text, SECTIONS["speed"], speed_section(speed, accuracy, attention))
         text = replace_section(text, SECTIONS["overhead"], overhead_section(speed))
     if fullft:
         text = replace_section(text, SECTIONS["fullft"], fullft_section(fullft))

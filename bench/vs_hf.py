@@ -45,7 +45,7 @@ def machine() -> dict:
             packages[name] = "absent"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags, "python": platform.python_version(),
-            "packages": packages, "commit": commit, "load_average_at_start": os.getloadavg()}
+            "packages": packages, "commit": commit}
 
 
 def contender(name: str, opts: dict) -> dict:
@@ -166,7 +166,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     phases = {"speed": phase_speed, "accuracy": phase_accuracy, "fullft": phase_fullft}
     for phase in args.phases:
-        started = time.perf_counter()
+        started, load_at_start = time.perf_counter(), os.getloadavg()
         print(f"== {phase}", flush=True)
         if phase == "mfu":
             from bench.mfu import phase_mfu
@@ -174,8 +174,9 @@ def main() -> None:
             result = phase_mfu(args.threads)
         else:
             result = phases[phase](args)
-        result["machine"] = {**machine(), "load_average_at_end": os.getloadavg()}
+        result["machine"] = {**machine(), "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()}
         result["threads"] = args.threads
+        result["command"] = "python bench/vs_hf.py " + " ".join(sys.argv[1:])
         result["phase_seconds"] = round(time.perf_counter() - started, 1)
         (RESULTS / f"{phase}{'-' + args.tag if args.tag else ''}.json").write_text(json.dumps(result, indent=2))
     if not args.no_docs:
