@@ -31,6 +31,7 @@ bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/bucketing.py --steps 24
 	$(BIN)/python bench/data_cache.py
 	$(BIN)/python bench/prefetch.py --steps 8
+	$(BIN)/python bench/vs_hf.py --steps 30 --rounds 3 --fullft-rounds 3
 
 clean:
 	rm -rf $(VENV) runs data/demo

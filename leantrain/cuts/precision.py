@@ -5,7 +5,10 @@ Why: low-precision matmuls run several times faster on hardware with bf16/fp16 u
 parameters, their gradients and optimizer states stay fp32 so small updates are not
 rounded away. fp16 needs a gradient scaler (its range is narrow); bf16 does not.
 With a frozen base (LoRA), ``frozen_dtype`` stores the frozen weights in low precision
-too, halving weight memory.
+too, halving weight memory. In bf16 on CPU, a transformers model's attention is switched
+from PyTorch's fused kernel (SDPA) to the plain matmul-softmax-matmul: for the short rows
+of fine-tuning data the fused kernel's bf16 backward is several times slower on CPU
+(measured in bench/vs_hf.py; see docs/cuts/precision.md).
 """
 from __future__ import annotations
 
@@ -47,6 +50,20 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
     return saved
 
 
+def use_matmul_attention(model: torch.nn.Module) -> bool:
+    """Switch a transformers model from fused (SDPA) to matmul ("eager") attention; True
+    if it switched. Models that cannot switch, or do not use SDPA, are left alone."""
+    config = getattr(model, "config", None)
+    setter = getattr(model, "set_attn_implementation", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or setter is None:
+        return False
+    try:
+        setter("eager")
+    except (ValueError, AttributeError):
+        return False
+    return config._attn_implementation == "eager"
+
+
 @register
 class Precision(Cut):
     name = "precision"
@@ -74,6 +91,8 @@ class Precision(Cut):
                 param.data = param.data.float()  # master weights must be fp32
         if self.config.frozen_dtype:
             run.extras["frozen_weight_bytes_saved"] = cast_frozen(model, DTYPES[self.config.frozen_dtype])
+        if self.config.dtype == "bf16" and run.device.type == "cpu" and use_matmul_attention(model):
+            run.extras["attention"] = "eager (bf16 on CPU: faster than the fused SDPA kernel)"
         return model
 
     def forward_context(self, run):

@@ -237,3 +237,27 @@ def test_fp16_on_cuda_trains(cut_recipe):
     result = train(recipe, show_progress=False)
     assert all(math.isfinite(v) for v in train_losses(result.run_dir))
     assert {p.dtype for p in result.model.parameters() if p.requires_grad} == {torch.float32}
+
+
+def _tiny_bert_classifier():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("dtype, expect_switch", [("bf16", True), ("fp32", False)])
+def test_bf16_on_cpu_swaps_fused_attention_for_matmul_attention_with_the_same_outputs(dtype, expect_switch):
+    model = _tiny_bert_classifier()
+    inputs = {"input_ids": torch.randint(0, 64, (2, 6)), "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}
+    with torch.no_grad():
+        fused = model(**inputs).logits
+    cut, run = make_cut("precision", dtype=dtype), run_context()
+    cut.setup(run)
+    cut.prepare_model(model, run)
+    assert (model.config._attn_implementation == "eager") is expect_switch
+    assert ("attention" in run.extras) is expect_switch
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, fused, atol=1e-5)
