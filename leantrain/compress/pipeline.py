@@ -75,16 +75,21 @@ def _distill(run_dir: Path, student_recipe: str, out: Path) -> torch.nn.Module:
 
 
 def _recover(model, recipe, data, out: Path, epochs: float, lr: float) -> dict:
-    """A short full fine-tune of the pruned model on the run's training data."""
+    """A short full fine-tune of the pruned model on the run's training data.
+
+    Through ``train(model=...)``: the pruned model's shapes are not its config's (heads),
+    so it is passed as a module; its collate returns a plain dict, as that API expects.
+    """
     from leantrain import train
 
     if recipe.model.task != "sequence-classification":
         raise UserError("--recover-epochs: recovery fine-tuning is implemented for sequence classification; pass 0")
+    model.requires_grad_(True)  # a loaded run model comes back frozen (inference mode)
     settings = {"train": {"epochs": epochs, "batch_size": recipe.train.batch_size, "lr": lr, "seed": recipe.train.seed,
                           "schedule": "linear", "warmup_ratio": 0.06},
                 "output": {"dir": str(out / "recovery-run"), "save_model": False}}
     result = train(settings, model=model, loss_fn=_classification_loss, train_data=data.train_examples,
-                   eval_data=data.examples, collate_fn=data.collate, show_progress=False)
+                   eval_data=data.examples, collate_fn=lambda rows: dict(data.collate(rows)), show_progress=False)
     return {"epochs": epochs, "lr": lr, "steps": result.summary["steps"], "train_seconds": result.summary["train_seconds"]}
 
 

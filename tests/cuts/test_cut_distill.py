@@ -71,3 +71,27 @@ def test_teacher_logit_cache_is_written_and_reused(cut_recipe, tiny_teacher_run,
     recipe["output"]["dir"] = str(tmp_path / "again")
     second = train(recipe, show_progress=False).summary["extras"]
     assert second["distill_cache_misses"] == 0 and second["distill_cache_hits"] == seen
+
+
+def test_causal_lm_student_matches_the_teacher_per_next_token(tiny_llama_dir, topic_csv, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    teacher_dir = tmp_path / "teacher"
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama_dir)).save_pretrained(teacher_dir)
+    recipe = {"model": {"name_or_path": str(tiny_llama_dir), "task": "causal-lm", "from_scratch": True},
+              "data": {"train": str(topic_csv), "max_length": 32}, "output": {"dir": str(tmp_path / "run")}}
+    _, student, data, task = initial_state(recipe)
+    cut = make_cut("distill", teacher=str(teacher_dir), keep_layers=1, alpha=0.0, temperature=1.5,
+                   init_from_teacher=False)
+    student = cut.prepare_model(student, run_context()).train()
+    batch = data.collate([data.train[i] for i in range(4)])
+    with cut.forward_context(run_context()):
+        loss = task.loss_sum(student, batch)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s, t = student(**inputs).logits[:, :-1], cut.teacher(**inputs).logits[:, :-1]
+    vocab = s.shape[-1]
+    expected = kd_loss_sum(s.reshape(-1, vocab), t.reshape(-1, vocab), 1.5, batch["labels"][:, 1:].reshape(-1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert student.config.num_hidden_layers == 1
