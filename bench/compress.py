@@ -83,7 +83,7 @@ def main() -> None:
         drop = (r["eval_before"]["accuracy"] - r["eval_after"]["accuracy"]) * 100
         check("int8 linear weights >= 3.5x smaller", r["linear_weight_ratio"] >= 3.5, f"{r['linear_weight_ratio']}x")
         check("int8 latency >= 1.5x lower", r["latency_ratio"] >= 1.5, f"{r['latency_ratio']}x")
-        check("int8 accuracy within 1 point", drop <= 1.0, f"{drop:+.2f} points lost")
+        check("int8 accuracy within 1 point", drop <= 1.0, f"{-drop:+.2f} points change")
     if "distill" in reports:
         r = reports["distill"]
         kept = r["eval_after"]["accuracy"] / r["eval_before"]["accuracy"]
@@ -92,7 +92,7 @@ def main() -> None:
     if "prune" in reports:
         r = reports["prune"]
         drop = (r["eval_before"]["accuracy"] - r["eval_after"]["accuracy"]) * 100
-        check("30% FFN pruning + recovery: accuracy within 2 points", drop <= 2.0, f"{drop:+.2f} points lost")
+        check("30% FFN pruning + recovery: accuracy within 2 points", drop <= 2.0, f"{-drop:+.2f} points change")
         check("30% FFN pruning: latency lower", r["latency_ratio"] > 1.0, f"{r['latency_ratio']}x")
 
 
