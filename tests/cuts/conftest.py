@@ -79,3 +79,16 @@ def write_topic_vectors(path: Path, dim: int = 32, seed: int = 0) -> Path:
 def topic_vectors(tmp_path_factory) -> Path:
     """32-dim topic vectors (the tiny models' width) for `cuts.warm_start.source`."""
     return write_topic_vectors(tmp_path_factory.mktemp("vectors") / "topics.txt")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_run(tmp_path_factory, tiny_base_dir) -> Path:
+    """A fine-tuned classification run on the tiny base: the teacher of distillation tests."""
+    from leantrain import train
+
+    shared = shared_conftest()
+    root = tmp_path_factory.mktemp("tiny-teacher")
+    # The shared tiny recipe (data, split, schedule), fine-tuning the pretrained tiny base.
+    teacher = shared.tiny_recipe.__wrapped__(root, tiny_base_dir, shared.write_csv(root / "t.csv", shared.make_topic_rows(120)))
+    teacher["model"] = {"name_or_path": str(tiny_base_dir)}
+    return train(teacher, show_progress=False).run_dir

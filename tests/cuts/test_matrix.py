@@ -28,15 +28,19 @@ TOGETHER = {"precision": {"dtype": "bf16", "frozen_dtype": "bf16"}, "grad_accumu
 
 
 @pytest.fixture
-def file_settings(tiny_base_dir) -> dict[str, dict]:
+def file_settings(tiny_base_dir, tiny_teacher_run) -> dict[str, dict]:
     """Settings naming files that fixtures create: merged into ALONE and TOGETHER.
 
     warm_start copies the tiny base's own embeddings (another model's matrix, same
     vocabulary: row-for-row). Unrelated vectors would overwrite what the pretrained base
     learned, which a 24-step fine-tune does not recover (see test_cut_warm_start.py for
     the cut's benefit, on a model trained from scratch).
+
+    distill learns from a fine-tuned tiny run; the student starts from the base (not a
+    copy of the teacher, which would leave the run nothing to learn).
     """
-    return {"warm_start": {"source": f"model:{tiny_base_dir}"}}
+    return {"warm_start": {"source": f"model:{tiny_base_dir}"},
+            "distill": {"teacher": str(tiny_teacher_run), "init_from_teacher": False}}
 
 
 def test_registry_is_not_empty_and_names_match():

@@ -1,0 +1,41 @@
+"""`leantrain compress`: writes a loadable model and compress.json with both sides measured."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from leantrain.compress import load_compressed
+from leantrain.compress.measure import eval_data, evaluate, run_recipe
+
+
+def test_prune_and_quantize_writes_model_and_report(tiny_run, tmp_path):
+    from leantrain.cli import main
+
+    out = tmp_path / "out"
+    code = main(["compress", str(tiny_run), "--prune", "ffn:0.5", "--recover-epochs", "1", "--quantize", "int8",
+                 "--repeats", "2", "--latency-batch", "4", "--output", str(out)])
+    assert code == 0
+    report = json.loads((out / "compress.json").read_text())
+    for key in ("size_bytes_before", "size_bytes_after", "latency_ms_before", "latency_ms_after"):
+        assert report[key] > 0, key
+    assert report["size_bytes_after"] < report["size_bytes_before"]
+    assert report["linear_weight_bytes_after"] * 3 < report["linear_weight_bytes_before"]
+    assert report["steps"]["prune"]["ffn_neurons_after"] < report["steps"]["prune"]["ffn_neurons_before"]
+    assert report["steps"]["recovery"]["steps"] > 0
+
+    model, tokenizer, meta = load_compressed(out / "model")
+    assert meta["compressed"]["quantize"] == "int8"
+    assert model.config.intermediate_size == report["steps"]["prune"]["ffn_neurons_after"]
+    # The saved model is the measured one: its eval matches the report's "after".
+    assert evaluate(model, eval_data(run_recipe(tiny_run), tokenizer)) == report["eval_after"]
+
+
+def test_bad_prune_spec_is_one_line_error(tiny_run, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "leantrain", "compress", str(tiny_run), "--prune", "rows:2",
+                           "--output", str(tmp_path / "x")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "--prune 'rows:2'" in done.stderr and "ffn" in done.stderr
