@@ -109,6 +109,13 @@ def _block_prefix(model: nn.Module) -> str:
 def kd_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
                 target: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * KL(teacher_T || student_T), summed over rows (rows whose target is ignored skip)."""
+    return kd_loss_rows(student_logits, teacher_logits, temperature, target).sum()
+
+
+def kd_loss_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                 target: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T) per position (all dims but the last), zero where
+    the target is ignored."""
     if student_logits.shape != teacher_logits.shape:
         raise UserError(f"cuts.distill: teacher outputs {tuple(teacher_logits.shape)} but the student "
                         f"{tuple(student_logits.shape)}: teacher and student need the same labels (or vocabulary)")
@@ -117,23 +124,23 @@ def kd_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temp
                     log_target=True, reduction="none").sum(-1)
     if target is not None:
         rows = rows * (target != IGNORE_INDEX)
-    return rows.sum() * t * t
+    return rows * t * t
 
 
-def hidden_loss_sum(student_hidden, teacher_hidden, mapping: list[int], attention_mask: torch.Tensor | None,
-                    per_token: bool) -> torch.Tensor:
-    """Mean squared error between mapped block outputs (and embeddings), summed over rows.
+def hidden_loss_rows(student_hidden, teacher_hidden, mapping: list[int], attention_mask: torch.Tensor | None,
+                     per_token: bool) -> torch.Tensor:
+    """Mean squared error between mapped block outputs (and embeddings), one value per row.
 
-    ``per_token``: sum over tokens (causal LM, whose loss is counted per token); otherwise
-    averaged over each row's tokens (classification, counted per sample).
+    ``per_token``: summed over the row's tokens (causal LM, whose loss is counted per
+    token); otherwise averaged over them (classification, counted per sample).
     """
     pairs = [(0, 0)] + [(i + 1, m + 1) for i, m in enumerate(mapping)]
     first = student_hidden[0]
-    mask = attention_mask.to(first.dtype) if attention_mask is not None else first.new_ones(first.shape[:2])
-    total = first.new_zeros((), dtype=torch.float32)
+    mask = attention_mask.to(torch.float32) if attention_mask is not None else first.new_ones(first.shape[:2], dtype=torch.float32)
+    total = mask.new_zeros(mask.shape[0])
     for s, t in pairs:
         per_position = (student_hidden[s].float() - teacher_hidden[t].float()).pow(2).mean(-1) * mask
-        total = total + (per_position.sum() if per_token else (per_position.sum(1) / mask.sum(1).clamp(min=1)).sum())
+        total = total + (per_position.sum(1) if per_token else per_position.sum(1) / mask.sum(1).clamp(min=1))
     return total / len(pairs)
 
 

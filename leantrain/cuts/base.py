@@ -47,6 +47,7 @@ class Cut:
       order_batches(batches, epoch, run, lengths)  the order of an epoch's batches (curriculum)
       prepare_model(model, run)       wrap or modify the model (PEFT, checkpointing, casts)
       forward_context(run)            a context manager around forward + loss (autocast)
+      adjust_example_losses(losses, batch, run)  change each example's loss (distillation)
       example_weights(indices, run)   per-example loss weights (importance sampling), or None
       on_example_losses(indices, losses, run)  each example's loss, detached (loss-aware samplers)
       scale_loss(loss, run)           change the loss before backward (grad scaling)
@@ -83,6 +84,10 @@ class Cut:
 
     def forward_context(self, run: "RunContext") -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
+
+    def adjust_example_losses(self, losses: torch.Tensor, batch, run: "RunContext") -> torch.Tensor:
+        """Each example's training loss, given the task's (e.g. mixed with a teacher's)."""
+        return losses
 
     def example_weights(self, indices: torch.Tensor, run: "RunContext") -> torch.Tensor | None:
         """Weights for the losses of the examples at ``indices``; None means all 1."""
@@ -168,6 +173,11 @@ class CutStack:
             for cut in self.cuts:
                 stack.enter_context(cut.forward_context(run))
             yield
+
+    def adjust_example_losses(self, losses, batch, run):
+        for cut in self.cuts:
+            losses = cut.adjust_example_losses(losses, batch, run)
+        return losses
 
     def example_weights(self, indices, run):
         weights = None

@@ -4,15 +4,14 @@ Why: a student with half the blocks runs about twice as fast at inference. Initi
 from the teacher's own blocks and trained to match its full output distribution (not
 only the hard labels) it keeps most of the teacher's accuracy after a short fine-tune.
 
-How it plugs into the loop without a loop change: a forward hook on the student runs the
-teacher (no gradients, or its logits come from the on-disk cache) on the same inputs;
-``forward_context`` then intercepts the task's summed cross-entropy (a
-``TorchFunctionMode``) and returns ``alpha * CE + (1 - alpha) * T^2 * KL`` (+ hidden-state
-matching). Evaluation (model in eval mode) is left untouched: it reports the task loss.
+How it plugs into the loop: a forward hook on the student runs the teacher (no
+gradients, or its logits come from the on-disk cache) on the same inputs and keeps the
+student's logits; the ``adjust_example_losses`` hook then turns each example's task loss
+into ``alpha * CE + (1 - alpha) * T^2 * KL`` (+ hidden-state matching). Evaluation (model
+in eval mode) is left untouched: it reports the task loss.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Union
@@ -20,7 +19,6 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch.overrides import TorchFunctionMode
 
 from leantrain.cuts.base import Cut, CutConfig, register
 from leantrain.errors import UserError
@@ -40,21 +38,6 @@ class DistillSettings(CutConfig):
     hidden_weight: float = Field(0.0, ge=0, description="Weight of a mean-squared error between mapped block outputs of student and teacher (same width needed); 0 turns it off.")
     cache_dir: str | None = Field(
         None, description="Folder for a safetensors cache of teacher logits per example (keyed by the example's tokens and the teacher's weight digest), so later epochs skip the teacher. Classification only.")
-
-
-class _CombineLoss(TorchFunctionMode):
-    """Replace the task's summed cross-entropy by the distillation loss for one forward."""
-
-    def __init__(self, cut: "Distill"):
-        super().__init__()
-        self.cut = cut
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        if func is F.cross_entropy and kwargs.get("reduction") == "sum" and self.cut.pending is not None:
-            return self.cut.combine(result, args[0], args[1] if len(args) > 1 else kwargs["target"])
-        return result
 
 
 @register
@@ -129,29 +112,30 @@ class Distill(Cut):
             logits, teacher_hidden = out.logits.detach().float(), out.hidden_states
             if self.cache_path and not hidden:
                 self._store(inputs, logits)
-        self.pending = {"teacher": logits, "teacher_hidden": teacher_hidden,
+        self.pending = {"student": output.logits, "teacher": logits, "teacher_hidden": teacher_hidden,
                         "student_hidden": getattr(output, "hidden_states", None) if hidden else None,
                         "attention_mask": inputs.get("attention_mask")}
         return None
 
-    def combine(self, ce_sum: torch.Tensor, student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """alpha * CE + (1 - alpha) * T^2 * KL (+ hidden matching), all summed over rows."""
-        from leantrain.compress.distill import hidden_loss_sum, kd_loss_sum
+    def adjust_example_losses(self, losses, batch, run):
+        """alpha * CE + (1 - alpha) * T^2 * KL (+ hidden matching), per example."""
+        from leantrain.compress.distill import hidden_loss_rows, kd_loss_rows
 
         pending, self.pending = self.pending, None
+        if pending is None:  # not a training forward of the student
+            return losses
         cfg = self.config
-        teacher = pending["teacher"]
+        student, teacher = pending["student"], pending["teacher"]
         per_token = teacher.dim() == 3
-        if per_token:  # causal LM: the task scores positions 0..L-2 against the next token
-            teacher = teacher[:, :-1].reshape(-1, teacher.shape[-1])
-        loss = cfg.alpha * ce_sum + (1 - cfg.alpha) * kd_loss_sum(student_logits, teacher, cfg.temperature, target)
+        if per_token:  # causal LM: positions 0..L-2 are scored against the next token
+            kd = kd_loss_rows(student[:, :-1], teacher[:, :-1], cfg.temperature, batch["labels"][:, 1:]).sum(1)
+        else:
+            kd = kd_loss_rows(student, teacher, cfg.temperature)
+        combined = cfg.alpha * losses + (1 - cfg.alpha) * kd
         if cfg.hidden_weight and pending["student_hidden"] is not None:
-            loss = loss + cfg.hidden_weight * hidden_loss_sum(
+            combined = combined + cfg.hidden_weight * hidden_loss_rows(
                 pending["student_hidden"], pending["teacher_hidden"], self.mapping, pending["attention_mask"], per_token)
-        return loss
-
-    def forward_context(self, run):
-        return _CombineLoss(self) if self.teacher is not None else contextlib.nullcontext()
+        return combined
 
     # -- the teacher-logit cache -----------------------------------------------------------
     def _cached_logits(self, inputs: dict) -> torch.Tensor | None:

@@ -109,7 +109,7 @@ def fit(
                     batch = move_to_device(batch, run.device)
                     with parallel.micro_step(model, last=position == len(group) - 1):  # sync gradients once per step
                         with cuts.forward_context(run):
-                            losses = task.example_losses(model, batch)
+                            losses = cuts.adjust_example_losses(task.example_losses(model, batch), batch, run)
                             # A sampler that draws examples unevenly weights them back (None: all 1);
                             # a stand-in weighs nothing.
                             weights = cuts.example_weights(indices, run) if len(indices) else torch.zeros_like(losses)

@@ -44,19 +44,21 @@ def test_training_loss_mixes_task_and_teacher_terms(cut_recipe, tiny_teacher_run
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     run = run_context()
-    with cut.forward_context(run):
-        loss = task.loss_sum(student, batch)
+
+    def training_loss():
+        return cut.adjust_example_losses(task.example_losses(student, batch), batch, run).sum()
+
+    loss = training_loss()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert expected.item() != pytest.approx(F.cross_entropy(logits, batch["labels"], reduction="sum").item(), rel=1e-3)
 
     # Another teacher, another loss: the gradient really comes from the teacher's outputs.
     cut.teacher.classifier.weight.data.mul_(-1)
-    with cut.forward_context(run):
-        assert task.loss_sum(student, batch).item() != pytest.approx(loss.item(), rel=1e-3)
+    assert training_loss().item() != pytest.approx(loss.item(), rel=1e-3)
     # Evaluation (eval mode) reports the plain task loss.
     student.eval()
-    with torch.no_grad(), cut.forward_context(run):
-        plain = task.loss_sum(student, batch)
+    with torch.no_grad():
+        plain = training_loss()
     assert plain.item() == pytest.approx(F.cross_entropy(logits, batch["labels"], reduction="sum").item(), rel=1e-5)
 
 
@@ -87,8 +89,7 @@ def test_causal_lm_student_matches_the_teacher_per_next_token(tiny_llama_dir, to
                    init_from_teacher=False)
     student = cut.prepare_model(student, run_context()).train()
     batch = data.collate([data.train[i] for i in range(4)])
-    with cut.forward_context(run_context()):
-        loss = task.loss_sum(student, batch)
+    loss = cut.adjust_example_losses(task.example_losses(student, batch), batch, run_context()).sum()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         s, t = student(**inputs).logits[:, :-1], cut.teacher(**inputs).logits[:, :-1]
