@@ -26,6 +26,7 @@ from leantrain.engine.signals import Preempted, StopSignals
 from leantrain.errors import UserError
 from leantrain.observe.memory import peak_memory, reset_peak
 from leantrain.observe.metrics import MetricsLog
+from leantrain.observe.sinks import open_sinks
 from leantrain.recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 
 
@@ -128,7 +129,7 @@ def train(
             resume_from(resume_point, run, cuts, metrics_path)
         else:
             metrics_path.unlink(missing_ok=True)
-        log = MetricsLog(metrics_path, run.total_steps, show_progress)
+        log = MetricsLog(metrics_path, run.total_steps, show_progress, sinks=open_sinks(recipe, run_dir))
         run.log = lambda event: log.write(event, run.state)
         checkpointer = Checkpointer(run_dir, recipe.train, run, cuts)
         reset_peak(run.device)
