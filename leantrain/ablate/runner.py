@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -89,10 +90,11 @@ def _command(settings: AblationSettings, rung: Rung, run_dir: Path, price: float
     return cmd
 
 
-def _run_process(cmd: list[str], run_dir: Path, target: tuple[str, float] | None) -> tuple[int, float, bool]:
+def _run_process(cmd: list[str], run_dir: Path, target: tuple[str, float] | None) -> tuple[int, float, float, bool]:
     """Run one rung; with a target, stop it (SIGTERM: a clean stop) once an evaluation meets it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    cpu_before = _children_cpu_seconds()
     stopped_at_target = False
     with open(run_dir / "ablate.log", "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -101,7 +103,14 @@ def _run_process(cmd: list[str], run_dir: Path, target: tuple[str, float] | None
             if target and not stopped_at_target and first_reaching(run_dir / "metrics.jsonl", target):
                 proc.send_signal(signal.SIGTERM)
                 stopped_at_target = True
-        return proc.returncode, time.perf_counter() - started, stopped_at_target
+        return proc.returncode, time.perf_counter() - started, _children_cpu_seconds() - cpu_before, stopped_at_target
+
+
+def _children_cpu_seconds() -> float:
+    """CPU seconds of finished child processes: unlike wall time, barely inflated when
+    other jobs share the machine, so it still ranks rungs on a busy box."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _quality(evaluation: dict, target: tuple[str, float] | None) -> tuple[str | None, float | None]:
@@ -173,13 +182,14 @@ def run_ablation(settings: AblationSettings, echo=print) -> dict:
         "price_per_hour": price,
         "price_source": price_source,
         "hardware": settings.gpu or recipe.hardware.name,
+        "cpu_count": os.cpu_count(),
         "rungs": [],
     }
     started = time.perf_counter()
     for i, rung in enumerate(rungs, 1):
         run_dir = out / rung.slug
         echo(f"[{i}/{len(rungs)}] {rung.name}", flush=True)
-        code, wall, at_target = _run_process(_command(settings, rung, run_dir, price), run_dir, settings.target)
+        code, wall, cpu, at_target = _run_process(_command(settings, rung, run_dir, price), run_dir, settings.target)
         summary_path = run_dir / "summary.json"
         if (code == 0 or at_target) and summary_path.is_file():
             row = _row(rung, run_dir, json.loads(summary_path.read_text(encoding="utf-8")), price, settings)
@@ -188,6 +198,9 @@ def run_ablation(settings: AblationSettings, echo=print) -> dict:
             row = {**asdict(rung), "run_dir": str(run_dir), "status": "failed", "error": tail[0] if tail else f"exit {code}"}
             echo(f"  failed: {row['error']} (log: {run_dir / 'ablate.log'})", flush=True)
         row["process_seconds"] = round(wall, 2)
+        row["process_cpu_seconds"] = round(cpu, 2)  # the whole process: start-up and evaluation included
+        # Speed figures mean little on a machine other jobs share; record how busy it was.
+        row["load_average"] = round(os.getloadavg()[0], 2)
         ablation["rungs"].append(row)
         _write(out / ABLATION_FILE, ablation)  # after every rung: a long ladder can be watched
     ablation["total_seconds"] = round(time.perf_counter() - started, 1)

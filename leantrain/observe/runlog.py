@@ -6,6 +6,7 @@ figures. A run being written to can end with a torn line; readers skip it.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -77,8 +78,13 @@ def run_view(run_dir: Path, records: list[dict] | None = None) -> dict:
         projected = last["dollars"] / last["step"] * total_steps
     if summary.get("status") and summary["status"] != "running":
         projected = spent
+    try:
+        quiet_for = max(0.0, time.time() - (run_dir / "metrics.jsonl").stat().st_mtime)
+    except FileNotFoundError:
+        quiet_for = None
     return {
         "name": run_dir.name,
+        "seconds_since_update": quiet_for,  # a "running" run that stays quiet long was probably killed
         "path": str(run_dir),
         "status": summary.get("status") or ("running" if records else "starting"),
         "stop_reason": summary.get("stop_reason"),

@@ -15,7 +15,7 @@ def ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
     target = "target" in ablation.get("mode", {})
     quality = next((r["metric"] for r in rows if r.get("metric")), "metric")
     headers = ["rung", "peak memory (MB)", "memory vs baseline", "samples/s", "speed vs baseline", "s/step",
-               "train s", "$", "trainable params"]
+               "train s", "process CPU s", "$", "trainable params"]
     headers += [f"s to {quality} target", f"$ to {quality} target"] if target else []
     headers.append(quality)
     base = rows[0] if rows else {}
@@ -25,6 +25,7 @@ def ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
         cells = [r["name"], f"{mem / 1e6:.0f}", _ratio(mem, base.get("peak_memory_bytes")),
                  f"{r.get('samples_per_second') or 0:.1f}", _ratio(r.get("samples_per_second"), base.get("samples_per_second")),
                  f"{r.get('seconds_per_step') or 0:.3f}", f"{r.get('train_seconds') or 0:.1f}",
+                 "n/a" if r.get("process_cpu_seconds") is None else f"{r['process_cpu_seconds']:.0f}",
                  f"{r.get('cost_usd') or 0:.5f}", f"{r.get('trainable_params') or 0:,}"]
         if target:
             hit = r.get("target") or {}

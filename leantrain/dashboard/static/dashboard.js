@@ -79,6 +79,7 @@ function statsHtml(run) {
     ["CPU utilization", pct(run.cpu_utilization, 0)],
     ["memory", mem],
     ["price", "$" + fmt(run.price_per_hour, 4) + "/h"],
+    ["last update", run.seconds_since_update === null ? "n/a" : fmt(run.seconds_since_update, 0, " s ago")],
   ];
   return cells.map(([k, v]) => `<div data-field="${k}"><b>${k}</b><span class="value">${v}</span></div>`).join("");
 }
