@@ -32,6 +32,10 @@ def _ablation_content(path: Path) -> tuple[str, str, tuple, list, list[str]]:
              "Each rung ran in a fresh process; ratios are against the first rung (the baseline)."]
     methods = {r.get("peak_memory_method") for r in ablation.get("rungs", []) if r.get("peak_memory_method")}
     notes += [f"Peak memory: {m}." for m in sorted(methods)]
+    loads = [r["load_average"] for r in ablation.get("rungs", []) if r.get("load_average") is not None]
+    if loads:  # speed and dollars from a busy machine must say so
+        notes.append(f"1-minute load average after each rung: {min(loads):.1f} to {max(loads):.1f} "
+                     f"on {ablation.get('cpu_count') or '?'} CPUs.")
     return f"Ablation: {path.name}", "ablation", ablation_table(ablation), ablation_plots(ablation), notes
 
 

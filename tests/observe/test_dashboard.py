@@ -8,6 +8,7 @@ import urllib.request
 
 import pytest
 
+from leantrain.cli import main
 from leantrain.dashboard import make_server
 
 
@@ -74,3 +75,8 @@ def test_page_draws_charts_and_follows_appended_metrics(dashboard, browser):
     # Everything came from the local server: no CDN, no other host.
     assert requests and all(r.startswith(url) for r in requests)
     page.close()
+
+
+def test_dashboard_command_refuses_a_missing_folder(tmp_path, capsys):
+    assert main(["dashboard", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
