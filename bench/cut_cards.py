@@ -21,6 +21,10 @@ HEADING = "## Measured on the demo"
 MEASURED_LINE = "(measured by `leantrain ablate` on the demo: see docs/ablate.md)"
 # Why a cut is absent from the demo ablations, when it is.
 NOT_MEASURED = {
+    "grad_accumulation": "it is not in the demo recipe, so not in the default ladder; measure \"demo + accumulation\" "
+                         "with `leantrain ablate examples/demo.yaml --steps 40 --cuts grad_accumulation,curriculum`.",
+    "curriculum": "it is not in the demo recipe, so not in the default ladder; measure \"demo + curriculum\" "
+                  "with `leantrain ablate examples/demo.yaml --steps 40 --cuts grad_accumulation,curriculum`.",
     "early_stopping": "a 40-step rung evaluates once (an epoch is 48 steps), so early stopping never triggers; "
                       "measure it with `leantrain ablate RECIPE --to-metric accuracy=0.8 --cuts early_stopping`.",
     "warm_start": "the demo has no word-vector source to copy from; it starts from pretrained MiniLM, whose "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from leantrain.ablate.ladder import Rung, plan_ladder
 from leantrain.cuts.early_stopping import HIGHER_IS_BETTER
+from leantrain.engine.resume import checkpoint_root
 from leantrain.errors import UserError
 from leantrain.observe.runlog import read_jsonl
 from leantrain.recipe import load_recipe
@@ -197,6 +199,9 @@ def run_ablation(settings: AblationSettings, echo=print) -> dict:
             tail = (run_dir / "ablate.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
             row = {**asdict(rung), "run_dir": str(run_dir), "status": "failed", "error": tail[0] if tail else f"exit {code}"}
             echo(f"  failed: {row['error']} (log: {run_dir / 'ablate.log'})", flush=True)
+        if at_target:
+            # The stop checkpointed like a preemption; nobody will resume a rung that met its target.
+            shutil.rmtree(checkpoint_root(run_dir), ignore_errors=True)
         row["process_seconds"] = round(wall, 2)
         row["process_cpu_seconds"] = round(cpu, 2)  # the whole process: start-up and evaluation included
         # Speed figures mean little on a machine other jobs share; record how busy it was.

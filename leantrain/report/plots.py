@@ -138,5 +138,6 @@ def ablation_plots(ablation: dict) -> list[tuple[str, Figure]]:
             cost = r["target"]["cost_usd"] if target and r["target"]["cost_usd"] is not None else r.get("cost_usd") or 0
             axes.scatter(cost, r["metric_value"], s=60)
             axes.annotate(f"{i}. {r['name']}", (cost, r["metric_value"]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        axes.margins(x=0.2, y=0.15)  # room for the labels of the outermost points
         plots.append(("quality_vs_cost", figure))
     return plots

@@ -52,6 +52,7 @@ def test_ablate_to_metric_stops_each_rung_at_the_target(recipe_file, tmp_path):
         assert rung["status"] == "reached_target", rung
         assert rung["target"]["reached"] and rung["target"]["step"] == 2
         assert rung["steps"] < 24
+        assert not (tmp_path / "to-target" / rung["slug"] / "checkpoints").exists()
         assert rung["target"]["cost_usd"] == pytest.approx(rung["target"]["seconds"] * 3.6 / 3600, abs=1e-6)
 
 
