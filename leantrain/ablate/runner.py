@@ -195,6 +195,8 @@ def run_ablation(settings: AblationSettings, echo=print) -> dict:
         summary_path = run_dir / "summary.json"
         if (code == 0 or at_target) and summary_path.is_file():
             row = _row(rung, run_dir, json.loads(summary_path.read_text(encoding="utf-8")), price, settings)
+            echo(f"  {row['status']}: {(row['peak_memory_bytes'] or 0) / 1e6:.0f} MB, {row['samples_per_second']} samples/s, "
+                 f"${row['cost_usd']:.5f}, {row['metric']}={row['metric_value']}", flush=True)
         else:
             tail = (run_dir / "ablate.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
             row = {**asdict(rung), "run_dir": str(run_dir), "status": "failed", "error": tail[0] if tail else f"exit {code}"}
