@@ -22,7 +22,7 @@ from leantrain.ablate.ladder import Rung, plan_ladder
 from leantrain.cuts.early_stopping import HIGHER_IS_BETTER
 from leantrain.engine.resume import checkpoint_root
 from leantrain.errors import UserError
-from leantrain.observe.runlog import read_jsonl
+from leantrain.observe.runlog import read_json, read_jsonl
 from leantrain.recipe import load_recipe
 from leantrain.report import ABLATION_FILE, write_report
 
@@ -44,6 +44,8 @@ class AblationSettings:
     full_lr: float | None = None
     eval_every: int = 10
     overrides: tuple[str, ...] = ()
+    resume: bool = False           # reuse rungs whose run directory already holds exactly this run, finished
+    only: list[int] | None = None  # run only these rungs (1-based), e.g. to redo a failed one
 
 
 def resolve_price(settings: AblationSettings, recipe_price: float) -> tuple[float, str]:
@@ -76,7 +78,7 @@ def first_reaching(metrics_path: Path, target: tuple[str, float]) -> dict | None
     return None
 
 
-def _command(settings: AblationSettings, rung: Rung, run_dir: Path, price: float) -> list[str]:
+def _sets(settings: AblationSettings, rung: Rung, run_dir: Path, price: float) -> list[str]:
     common = [f"output.dir={run_dir}", "output.save_model=false", "train.checkpoint_every=null",
               "train.checkpoint_minutes=null", f"hardware.price_per_hour={price}"]
     if settings.gpu:
@@ -85,11 +87,27 @@ def _command(settings: AblationSettings, rung: Rung, run_dir: Path, price: float
         common.append(f"train.max_steps={settings.steps}")
     if settings.target:
         common.append(f"train.eval_every={settings.eval_every}")
-    sets = common + list(settings.overrides) + rung.overrides
-    cmd = [sys.executable, "-m", "leantrain", "train", settings.recipe, "--quiet", "--no-smoke"]
+    return common + list(settings.overrides) + rung.overrides
+
+
+def _command(sets: list[str], recipe: str) -> list[str]:
+    cmd = [sys.executable, "-m", "leantrain", "train", recipe, "--quiet", "--no-smoke"]
     for item in sets:
         cmd += ["--set", item]
     return cmd
+
+
+def _already_run(settings: AblationSettings, sets: list[str], run_dir: Path) -> dict | None:
+    """The summary of a finished rung whose recorded recipe is exactly what this rung
+    would train (same recipe file contents, overrides and price), else None."""
+    summary = read_json(run_dir / "summary.json")
+    done = ("completed", "early_stopped", "budget_exhausted") + (("preempted",) if settings.target else ())
+    if summary.get("status") not in done or not (run_dir / "config.yaml").is_file():
+        return None
+    if settings.target and summary["status"] == "preempted" and not first_reaching(run_dir / "metrics.jsonl", settings.target):
+        return None
+    wanted = load_recipe(settings.recipe, sets).to_yaml()
+    return summary if (run_dir / "config.yaml").read_text(encoding="utf-8") == wanted else None
 
 
 def _run_process(cmd: list[str], run_dir: Path, target: tuple[str, float] | None) -> tuple[int, float, float, bool]:
@@ -166,6 +184,35 @@ def _row(rung: Rung, run_dir: Path, summary: dict, price: float, settings: Ablat
     return row
 
 
+def _run_rung(settings: AblationSettings, rung: Rung, run_dir: Path, price: float, previous: dict, echo) -> dict:
+    sets = _sets(settings, rung, run_dir, price)
+    summary = _already_run(settings, sets, run_dir) if settings.resume else None
+    if summary is not None:
+        echo(f"  reused the finished run in {run_dir}", flush=True)
+        row = _row(rung, run_dir, summary, price, settings)
+        # Process figures are not in the run directory: keep those of the ablation that ran it.
+        row.update({k: previous[k] for k in ("process_seconds", "process_cpu_seconds", "load_average") if k in previous})
+        return row
+    code, wall, cpu, at_target = _run_process(_command(sets, settings.recipe), run_dir, settings.target)
+    summary_path = run_dir / "summary.json"
+    if (code == 0 or at_target) and summary_path.is_file():
+        row = _row(rung, run_dir, json.loads(summary_path.read_text(encoding="utf-8")), price, settings)
+        echo(f"  {row['status']}: {(row['peak_memory_bytes'] or 0) / 1e6:.0f} MB, {row['samples_per_second']} samples/s, "
+             f"${row['cost_usd']:.5f}, {row['metric']}={row['metric_value']}", flush=True)
+    else:
+        tail = (run_dir / "ablate.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        row = {**asdict(rung), "run_dir": str(run_dir), "status": "failed", "error": tail[0] if tail else f"exit {code}"}
+        echo(f"  failed: {row['error']} (log: {run_dir / 'ablate.log'})", flush=True)
+    if at_target:
+        # The stop checkpointed like a preemption; nobody will resume a rung that met its target.
+        shutil.rmtree(checkpoint_root(run_dir), ignore_errors=True)
+    row["process_seconds"] = round(wall, 2)
+    row["process_cpu_seconds"] = round(cpu, 2)  # the whole process: start-up and evaluation included
+    # Speed figures mean little on a machine other jobs share; record how busy it was.
+    row["load_average"] = round(os.getloadavg()[0], 2)
+    return row
+
+
 def run_ablation(settings: AblationSettings, echo=print) -> dict:
     """Run every rung, write ``ablation.json`` and ``report.html``; return the ablation."""
     if settings.steps is None and settings.target is None:
@@ -187,28 +234,13 @@ def run_ablation(settings: AblationSettings, echo=print) -> dict:
         "cpu_count": os.cpu_count(),
         "rungs": [],
     }
+    previous = {r.get("slug"): r for r in read_json(out / ABLATION_FILE).get("rungs", [])} if settings.resume else {}
     started = time.perf_counter()
     for i, rung in enumerate(rungs, 1):
-        run_dir = out / rung.slug
+        if settings.only and i not in settings.only:
+            continue
         echo(f"[{i}/{len(rungs)}] {rung.name}", flush=True)
-        code, wall, cpu, at_target = _run_process(_command(settings, rung, run_dir, price), run_dir, settings.target)
-        summary_path = run_dir / "summary.json"
-        if (code == 0 or at_target) and summary_path.is_file():
-            row = _row(rung, run_dir, json.loads(summary_path.read_text(encoding="utf-8")), price, settings)
-            echo(f"  {row['status']}: {(row['peak_memory_bytes'] or 0) / 1e6:.0f} MB, {row['samples_per_second']} samples/s, "
-                 f"${row['cost_usd']:.5f}, {row['metric']}={row['metric_value']}", flush=True)
-        else:
-            tail = (run_dir / "ablate.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
-            row = {**asdict(rung), "run_dir": str(run_dir), "status": "failed", "error": tail[0] if tail else f"exit {code}"}
-            echo(f"  failed: {row['error']} (log: {run_dir / 'ablate.log'})", flush=True)
-        if at_target:
-            # The stop checkpointed like a preemption; nobody will resume a rung that met its target.
-            shutil.rmtree(checkpoint_root(run_dir), ignore_errors=True)
-        row["process_seconds"] = round(wall, 2)
-        row["process_cpu_seconds"] = round(cpu, 2)  # the whole process: start-up and evaluation included
-        # Speed figures mean little on a machine other jobs share; record how busy it was.
-        row["load_average"] = round(os.getloadavg()[0], 2)
-        ablation["rungs"].append(row)
+        ablation["rungs"].append(_run_rung(settings, rung, out / rung.slug, price, previous.get(rung.slug, {}), echo))
         _write(out / ABLATION_FILE, ablation)  # after every rung: a long ladder can be watched
     ablation["total_seconds"] = round(time.perf_counter() - started, 1)
     _write(out / ABLATION_FILE, ablation)

@@ -28,6 +28,9 @@ def register(subparsers) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a recipe value in every rung (repeatable)")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the rungs' runs and the results go")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse rungs whose run directory in DIR already holds exactly that run, finished")
+    parser.add_argument("--only", metavar="N,...", help="run only these rungs (numbers as --dry-run lists them)")
     parser.add_argument("--dry-run", action="store_true", help="print the rungs and their overrides, run nothing")
     return {"ablate": _ablate}
 
@@ -48,15 +51,27 @@ def _ablate(args) -> int:
         price_per_hour=args.price_per_hour, gpu=args.gpu, spot=args.spot,
         cuts=[c for c in args.cuts.split(",") if c.strip()] if args.cuts else None,
         alone=not args.no_alone, from_scratch=args.from_scratch, full_lr=args.full_lr,
-        eval_every=args.eval_every, overrides=tuple(args.overrides),
+        eval_every=args.eval_every, overrides=tuple(args.overrides), resume=args.resume, only=_numbers(args.only),
     )
     if args.dry_run:
         recipe = load_recipe(args.recipe, args.overrides)
         kwargs = {"full_lr": args.full_lr} if args.full_lr else {}
-        print(describe_ladder(plan_ladder(recipe, settings.cuts, settings.alone, settings.from_scratch, **kwargs)))
+        rungs = plan_ladder(recipe, settings.cuts, settings.alone, settings.from_scratch, **kwargs)
+        print("\n".join(f"{i:>2}. {line.strip()}" for i, line in enumerate(describe_ladder(rungs).splitlines(), 1)))
         return 0
     ablation = run_ablation(settings)
     print(markdown_table(*ablation_table(ablation)))
     print(f"\n{len(ablation['rungs'])} rungs in {ablation['total_seconds']:.0f} s at ${ablation['price_per_hour']}/h "
           f"({ablation['price_source']}); results: {args.output}/ablation.json, report: {args.output}/report.html")
     return 1 if any(r.get("status") == "failed" for r in ablation["rungs"]) else 0
+
+
+def _numbers(text: str | None) -> list[int] | None:
+    from leantrain.errors import UserError
+
+    if not text:
+        return None
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise UserError(f"ablate --only: expected rung numbers such as 1,3, got {text!r}") from None

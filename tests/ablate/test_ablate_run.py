@@ -41,6 +41,14 @@ def test_ablate_steps_writes_measured_rungs_and_report(recipe_file, tmp_path, ca
             < lora["memory_breakdown"]["saved_activations"])
     assert (out / "report.html").is_file() and "LoRA + checkpointing" in capsys.readouterr().out
 
+    # --resume reuses the finished rungs (no process is started); --only picks rungs.
+    (out / "report.html").unlink()
+    assert main(["ablate", str(recipe_file), "--steps", "4", "--cuts", "lora,gradient_checkpointing", "--no-alone",
+                 "--price-per-hour", "3.6", "--output", str(out), "--resume", "--only", "2,3"]) == 0
+    assert capsys.readouterr().out.count("reused the finished run") == 2
+    again = json.loads((out / "ablation.json").read_text())["rungs"]
+    assert again == rungs[1:] and (out / "report.html").is_file()
+
 
 def test_ablate_to_metric_stops_each_rung_at_the_target(recipe_file, tmp_path):
     settings = AblationSettings(recipe=str(recipe_file), output=tmp_path / "to-target", target=("loss", 100.0),
