@@ -37,9 +37,9 @@ def conditions(ablation: dict, path: Path) -> str:
     mode = ablation.get("mode", {})
     steps = f"{mode['steps']} optimizer steps per rung" if mode.get("steps") else "time to target"
     loads = [r["load_average"] for r in ablation.get("rungs", []) if r.get("load_average") is not None]
-    load = f", 1-minute load average {min(loads):.1f}-{max(loads):.1f} on 2 cores" if loads else ""
-    return (f"`{path}` ({ablation.get('recipe')}, {steps}, ${ablation.get('price_per_hour')}/h{load}; "
-            f"{ablation.get('total_seconds', 0):.0f} s in all)")
+    load = f", 1-minute load average {min(loads):.1f}-{max(loads):.1f} after the rungs that recorded it" if loads else ""
+    total = f"; {ablation['total_seconds']:.0f} s in all" if ablation.get("total_seconds") else ""
+    return f"`{path}` ({ablation.get('recipe')}, {steps}, ${ablation.get('price_per_hour')}/h{load}{total})"
 
 
 def section(cut: str, ablations: list[tuple[Path, dict]], note: str) -> str:
