@@ -127,6 +127,10 @@ class HardwareSection(Section):
 class OutputSection(Section):
     dir: str | None = Field(None, description="Run directory; default `runs/<recipe file name>`.")
     save_model: bool = Field(True, description="Save the trained model (or LoRA adapter) and tokenizer.")
+    tensorboard: bool = Field(
+        True, description="Also write TensorBoard event files to `<dir>/tensorboard` (`tensorboard --logdir runs`); metrics.jsonl is always written."
+    )
+    mlflow: bool = Field(False, description="Also log params and metrics to MLflow (needs `pip install mlflow`; uses MLFLOW_TRACKING_URI).")
 
 
 def _cuts_model() -> type[BaseModel]:

@@ -29,6 +29,7 @@ from leantrain.observe.memory import peak_memory, reset_peak
 from leantrain.observe.metrics import MetricsLog
 from leantrain.plan.catalog import resolve_price
 from leantrain.plan.ledger import find_ledger
+from leantrain.observe.sinks import open_sinks
 from leantrain.recipe import Recipe, apply_overrides, load_recipe, parse_recipe
 
 
@@ -168,7 +169,8 @@ def _train(recipe: Recipe, parallel: Parallel, resume: str | None, show_progress
             resume_from(resume_point, run, cuts, metrics_path if parallel.is_main else None)
         elif parallel.is_main:
             metrics_path.unlink(missing_ok=True)
-        log = MetricsLog(metrics_path, run.total_steps, show_progress) if parallel.is_main else _NoLog()
+        log = (MetricsLog(metrics_path, run.total_steps, show_progress, sinks=open_sinks(recipe, run_dir))
+               if parallel.is_main else _NoLog())
         ledger = find_ledger(cuts)  # adds cost, MFU and utilization to every train line
         run.log = lambda event: log.write(ledger.annotate(event, run) if ledger else event, run.state)
         checkpointer = Checkpointer(run_dir, recipe.train, run, cuts)

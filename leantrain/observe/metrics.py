@@ -6,16 +6,27 @@ plain line is printed at every logged step, so logs stay readable.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from leantrain.observe.memory import peak_rss_bytes
+
+
+# Recorded for reports and the dashboard, left out of the one-line progress display.
+QUIET_FIELDS = ("event", "wall_seconds", "total_steps", "train_seconds", "peak_rss_bytes", "cpu_utilization",
+                "data_wait_fraction")
+
 
 class MetricsLog:
-    def __init__(self, path: Path, total_steps: int, show_progress: bool = True, stream=None):
+    def __init__(self, path: Path, total_steps: int, show_progress: bool = True, stream=None, sinks=()):
         self.path = Path(path)
+        # Other places the same records go (TensorBoard, MLflow); see observe/sinks.py.
+        self.sinks = list(sinks)
+        self.cpu_mark = (time.perf_counter(), _cpu_seconds())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = self.path.open("a", encoding="utf-8")
         self.total_steps = total_steps
@@ -29,12 +40,31 @@ class MetricsLog:
     def write(self, event: dict, state) -> dict:
         wall = time.perf_counter() - self.started
         record = {"step": state.step, "epoch": state.epoch, "wall_seconds": round(wall, 3), **event}
-        if event.get("event") == "train" and state.train_seconds > 0:
-            record["samples_per_second"] = round(state.samples_seen / state.train_seconds, 3)
+        if event.get("event") == "train":
+            record.update(self._progress(state))
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        for sink in self.sinks:
+            sink.write(record)
         self._show(record, state)
         return record
+
+    def _progress(self, state) -> dict:
+        """What a live view needs beside the loss: throughput, time (so dollars), data
+        waits, utilization and memory so far, and how far the run is."""
+        now, cpu = time.perf_counter(), _cpu_seconds()
+        wall = now - self.cpu_mark[0]
+        threads = max(1, _torch_threads())
+        utilization = (cpu - self.cpu_mark[1]) / (wall * threads) if wall > 0 else None
+        self.cpu_mark = (now, cpu)
+        progress = {"total_steps": self.total_steps, "train_seconds": round(state.train_seconds, 3),
+                    "peak_rss_bytes": peak_rss_bytes()}
+        if state.train_seconds > 0:
+            progress["samples_per_second"] = round(state.samples_seen / state.train_seconds, 3)
+            progress["data_wait_fraction"] = round(state.data_wait_seconds / state.train_seconds, 4)
+        if utilization is not None:
+            progress["cpu_utilization"] = round(min(utilization, 1.0), 3)
+        return progress
 
     def _show(self, record: dict, state) -> None:
         if self.quiet:
@@ -48,7 +78,7 @@ class MetricsLog:
         fields = " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in record.items()
-            if k not in ("event", "wall_seconds")
+            if k not in QUIET_FIELDS
         )
         eta = ""
         if record["event"] == "train" and state.step:
@@ -60,3 +90,16 @@ class MetricsLog:
         if self.bar is not None:
             self.bar.close()
         self.file.close()
+        for sink in self.sinks:
+            sink.close()
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -19,7 +19,7 @@ from leantrain.recipe import Recipe
 
 CUTS = sorted(REGISTRY)
 CARDS = REPO / "docs" / "cuts"
-MEASURED_LINE = '(figures: see README, "What each cut saved")'
+MEASURED_LINE = "(measured by `leantrain ablate` on the demo: see docs/ablate.md)"  # bench/cut_cards.py writes it
 
 # Recipe value that enables a cut alone; ``True`` (its defaults) unless listed here.
 ALONE = {"precision": "bf16"}
