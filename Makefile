@@ -48,6 +48,8 @@ bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/data_cache.py
 	$(BIN)/python bench/prefetch.py --steps 8
 	$(BIN)/python bench/vs_hf.py --steps 30 --rounds 3 --fullft-rounds 3
+	$(BIN)/python bench/planner_accuracy.py
+	$(BIN)/python bench/compress.py
 
 clean:
 	rm -rf $(VENV) runs data/demo
