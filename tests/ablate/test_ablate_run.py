@@ -65,18 +65,13 @@ def test_ablate_to_metric_stops_each_rung_at_the_target(recipe_file, tmp_path):
 
 
 def test_ablate_prices_from_the_catalog(recipe_file, tmp_path):
-    catalog = pytest.importorskip("leantrain.plan.catalog")
     from leantrain.ablate.runner import resolve_price
+    from leantrain.plan.catalog import hourly_price
 
-    for name in ("T4", "L4", "A10G", "A100"):
-        try:
-            expected = catalog.hourly_price(name)
-        except Exception:  # noqa: BLE001 (the catalog's own error for an unknown name)
-            continue
-        price, source = resolve_price(AblationSettings(recipe=str(recipe_file), output=tmp_path, gpu=name), 0.1)
-        assert price == expected and name in source
-        return
-    pytest.skip("none of T4, L4, A10G, A100 is in the catalog")
+    price, source = resolve_price(AblationSettings(recipe=str(recipe_file), output=tmp_path, gpu="T4"), 0.1)
+    assert price == hourly_price("T4") and price != 0.1 and "T4" in source
+    spot, _ = resolve_price(AblationSettings(recipe=str(recipe_file), output=tmp_path, gpu="T4", spot=True), 0.1)
+    assert spot == hourly_price("T4", spot=True) < price
 
 
 def test_ablate_needs_a_goal(recipe_file, tmp_path, capsys):
