@@ -29,6 +29,10 @@ class PrecisionSettings(CutConfig):
     frozen_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
         None, description="Store frozen (requires_grad=False) weights in this dtype; null keeps them as loaded."
     )
+    cpu_matmul_attention: bool = Field(
+        False, description="With bf16 on a CPU, swap a transformers model's fused SDPA attention for matmul attention "
+        "(its bf16 backward is several times faster there). Off by default: `leantrain plan` over-predicts its saved "
+        "activations (see docs/plan.md).")
 
 
 def check_device_supports(dtype: str, device: torch.device, key: str = "cuts.precision") -> None:
@@ -91,7 +95,8 @@ class Precision(Cut):
                 param.data = param.data.float()  # master weights must be fp32
         if self.config.frozen_dtype:
             run.extras["frozen_weight_bytes_saved"] = cast_frozen(model, DTYPES[self.config.frozen_dtype])
-        if self.config.dtype == "bf16" and run.device.type == "cpu" and use_matmul_attention(model):
+        cpu_bf16 = self.config.dtype == "bf16" and run.device.type == "cpu"
+        if self.config.cpu_matmul_attention and cpu_bf16 and use_matmul_attention(model):
             run.extras["attention"] = "eager (bf16 on CPU: faster than the fused SDPA kernel)"
         return model
 

@@ -248,13 +248,13 @@ def _tiny_bert_classifier():
     return BertForSequenceClassification(config).eval()
 
 
-@pytest.mark.parametrize("dtype, expect_switch", [("bf16", True), ("fp32", False)])
-def test_bf16_on_cpu_swaps_fused_attention_for_matmul_attention_with_the_same_outputs(dtype, expect_switch):
+@pytest.mark.parametrize("dtype, switch, expect_switch", [("bf16", True, True), ("fp32", True, False), ("bf16", False, False)])
+def test_bf16_on_cpu_swaps_fused_attention_for_matmul_attention_with_the_same_outputs(dtype, switch, expect_switch):
     model = _tiny_bert_classifier()
     inputs = {"input_ids": torch.randint(0, 64, (2, 6)), "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}
     with torch.no_grad():
         fused = model(**inputs).logits
-    cut, run = make_cut("precision", dtype=dtype), run_context()
+    cut, run = make_cut("precision", dtype=dtype, cpu_matmul_attention=switch), run_context()
     cut.setup(run)
     cut.prepare_model(model, run)
     assert (model.config._attn_implementation == "eager") is expect_switch
