@@ -55,6 +55,11 @@ class Source(ABC):
         self.path, self.split = path, split
         self.name = f"{path}{SPLIT_SEP}{split}" if split else str(path)
 
+    def _refuse_split(self) -> None:
+        """Files and text folders have no named splits."""
+        if self.split:
+            raise DataError(f"{self.name}: '{SPLIT_SEP}split' only applies to a saved `datasets` folder or a hub dataset")
+
     @abstractmethod
     def _table(self, limit: int | None):
         """The rows as a ``pyarrow.Table`` (each kind of source reads its own way)."""
@@ -107,8 +112,7 @@ class TableFileSource(Source):
 
     def __init__(self, path: Path, split: str | None = None):
         super().__init__(path, split)
-        if split:
-            raise DataError(f"{self.name}: '{SPLIT_SEP}split' only applies to a saved `datasets` folder or a hub dataset")
+        self._refuse_split()
         self.format = FORMATS.get(path.suffix.lower())
         if self.format is None:
             raise DataError(f"{path}: unsupported format {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}")
@@ -129,8 +133,7 @@ class TextFolderSource(Source):
 
     def __init__(self, path: Path, split: str | None = None):
         super().__init__(path, split)
-        if split:
-            raise DataError(f"{self.name}: '{SPLIT_SEP}split' only applies to a saved `datasets` folder or a hub dataset")
+        self._refuse_split()
         visible = sorted(p for p in path.iterdir() if not p.name.startswith("."))
         classes = [p for p in visible if p.is_dir()]
         if classes:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from leantrain.observe.memory import peak_rss_bytes
+from leantrain.plan.ledger import find_ledger
 
 SUMMARY_VERSION = 1
 
@@ -114,7 +115,7 @@ def write_summary(run_dir: Path, recipe, run, cuts, final_eval: dict, saved: dic
         "saved": saved,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, **_lib_versions()},
     }
-    ledger = next((c for c in cuts if hasattr(c, "summary_fields")), None)
+    ledger = find_ledger(cuts)
     if ledger is not None:  # the cost ledger's price (catalog-aware, all devices) and MFU
         summary.update(ledger.summary_fields(run))
     if run.parallel.is_main:  # under torchrun, rank 0 writes for all

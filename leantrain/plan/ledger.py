@@ -14,19 +14,11 @@ ledger is a run instrument riding in the cut stack, not a recipe cut.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from leantrain.cuts.base import Cut
-
-
-def world_size() -> int:
-    """Devices billed for this run: the distributed world size, else $WORLD_SIZE, else 1."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
 
 def device_peak_flops(device: torch.device, hardware_name: str, dtype: str) -> float | None:
@@ -63,7 +55,6 @@ class CostLedger(Cut):
         super().__init__(config=None)
         self.price_per_hour, self.price_source = price_per_hour, price_source
         self.hardware_name, self.dtype = hardware_name, dtype
-        self.devices = world_size()
         self.flops_per_sample: float | None = None
         self.peak: float | None = None
         self._counter: FlopCounterMode | None = None
@@ -116,17 +107,18 @@ class CostLedger(Cut):
         """The ledger's figures for the run so far."""
         state = run.state
         seconds = state.train_seconds
-        cost = self.price_per_hour * self.devices * seconds / 3600
+        devices = run.world_size  # every device is billed
+        cost = self.price_per_hour * devices * seconds / 3600
         projected = cost / state.step * max(run.total_steps, state.step) if state.step else 0.0
         out = {
             "cost_usd": round(cost, 6), "projected_cost_usd": round(projected, 6),
-            "price_per_hour": self.price_per_hour, "devices": self.devices,
+            "price_per_hour": self.price_per_hour, "devices": devices,
             "data_wait_fraction": round(state.data_wait_seconds / seconds, 4) if seconds else 0.0,
         }
         if self.flops_per_sample and seconds:
             achieved = self.flops_per_sample * state.samples_seen / seconds
             out["achieved_flops_per_second"] = round(achieved)
-            out["mfu"] = round(achieved / (self.peak * self.devices), 5) if self.peak else None
+            out["mfu"] = round(achieved / (self.peak * devices), 5) if self.peak else None
         return out
 
     def utilization(self) -> dict:
