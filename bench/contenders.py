@@ -189,6 +189,11 @@ def run_hand(opts: dict) -> dict:
         for p in model.parameters():  # what the recipe's frozen_dtype does, by hand
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
+    if recipe.cuts.fast_dropout.enabled:  # the same dropout kernel as the recipe's cut
+        from leantrain.cuts.fast_dropout import swap_dropout_modules, use_fast_attention_dropout
+
+        swap_dropout_modules(model)
+        use_fast_attention_dropout(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
