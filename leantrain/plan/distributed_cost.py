@@ -78,33 +78,40 @@ class Tensor:
 
 @dataclass(frozen=True)
 class Units:
-    """The model as FSDP wraps it: ``blocks`` identical blocks plus the root's remainder."""
+    """The model as FSDP wraps it: groups of identical blocks (one per block class, e.g.
+    BERT's embeddings and its layers) as (tensors of one block, count), plus the root's remainder."""
 
-    block: tuple[Tensor, ...]
-    blocks: int
+    groups: tuple[tuple[tuple[Tensor, ...], int], ...]
     root: tuple[Tensor, ...]
     buffer_bytes: int
 
     def _sum(self, world: int, trainable_only: bool, sharded: bool) -> int:
         size = (lambda t: t.shard_bytes(world)) if sharded else (lambda t: t.nbytes)  # noqa: E731
         pick = lambda ts: sum(size(t) for t in ts if t.trainable or not trainable_only)  # noqa: E731
-        return self.blocks * pick(self.block) + pick(self.root)
+        return sum(count * pick(block) for block, count in self.groups) + pick(self.root)
 
     def param_bytes(self, world: int = 1, trainable_only: bool = False) -> int:
         """Whole (world 1) or one rank's sharded parameter bytes."""
         return self._sum(world, trainable_only, sharded=world > 1)
 
+    @property
+    def blocks(self) -> int:
+        return sum(count for _, count in self.groups)
+
     def unit_bytes(self, which: str, trainable_only: bool = False) -> int:
-        tensors = self.block if which == "block" else self.root
-        return sum(t.nbytes for t in tensors if t.trainable or not trainable_only)
+        """Whole bytes of the root's remainder (``root``) or of the largest block (``block``)."""
+        size = lambda ts: sum(t.nbytes for t in ts if t.trainable or not trainable_only)  # noqa: E731
+        if which == "root":
+            return size(self.root)
+        return max((size(block) for block, _ in self.groups), default=0)
 
 
 _UNITS: dict[tuple, Units] = {}
 
 
 def fsdp_units(config, task: str, setup: Setup) -> Units:
-    """The model's FSDP units from a meta copy with at most two blocks (blocks are
-    identical, so the full depth follows by counting)."""
+    """The model's FSDP units from a meta copy with at most two layers (the blocks of one
+    class are identical, so the full depth follows by counting)."""
     key = (config.to_json_string(use_diff=False), task, setup.key(), str(setup.lora))
     if key in _UNITS:
         return _UNITS[key]
@@ -125,14 +132,14 @@ def fsdp_units(config, task: str, setup: Setup) -> Units:
                 found.append(Tensor(p.shape[0] if p.dim() else 1, p.numel(), p.element_size(), p.requires_grad))
         return tuple(found)
 
-    per_block = [tensors(b) for b in blocks]
+    by_class: dict[str, list[tuple[Tensor, ...]]] = {}
+    for block in blocks:
+        by_class.setdefault(type(block).__name__, []).append(tensors(block))
     root = tensors(model)
     buffers = sum(b.numel() * b.element_size() for b in {id(b): b for b in model.buffers()}.values())
-    if per_block:
-        count = depth if depth and depth > 2 else len(per_block)
-        units = Units(per_block[0], count, root, buffers)
-    else:
-        units = Units((), 0, root, buffers)
+    scale = depth / 2 if depth and depth > 2 else 1  # per-layer classes occur a multiple of 2 times at depth 2
+    groups = tuple((found[0], int(len(found) * scale) if len(found) % 2 == 0 else len(found)) for found in by_class.values())
+    units = Units(groups, root, buffers)
     _UNITS[key] = units
     return units
 
