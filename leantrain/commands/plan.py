@@ -144,6 +144,7 @@ def _hardware(args) -> int:
             "name": acc.name, "description": acc.description, "memory_bytes": acc.memory_bytes,
             "peak_tflops": acc.peak_tflops, "bandwidth_gbps": acc.bandwidth_gbps,
             "training_efficiency": acc.training_efficiency, "source": acc.source,
+            "intra_node_gbps": acc.intra_node_gbps, "inter_node_gbps": acc.inter_node_gbps, "link_source": acc.link_source,
             "prices": [vars(r) for r in acc.prices],
         })
     if args.json:

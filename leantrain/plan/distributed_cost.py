@@ -239,4 +239,5 @@ def comm_timing(comm: dict, compute_seconds: float, forward_fraction: float, acc
     else:
         hidden_forward = min(comm["forward_bytes"] / bandwidth, forward_compute)
         hidden_backward = min(comm["backward_bytes"] / bandwidth, backward_compute)
-    return {"comm_seconds": comm_seconds, "exposed_comm_seconds": max(0.0, comm_seconds - hidden_forward - hidden_backward)}
+    exposed = comm_seconds - hidden_forward - hidden_backward
+    return {"comm_seconds": comm_seconds, "exposed_comm_seconds": exposed if exposed > 1e-9 * comm_seconds else 0.0}
