@@ -20,10 +20,15 @@ def register(subparsers) -> dict:
     return {"launch": _launch}
 
 
+def _usd(value) -> str:
+    return "-" if value is None else f"${value:,.2f}" if value >= 1 else f"${value:.3g}"
+
+
 def _launch(args) -> int:
     from pathlib import Path
 
-    from leantrain.launch.skypilot import JobSpec, hourly_prices, job_path, task_yaml, validate_with_skypilot
+    from leantrain.launch.skypilot import (
+        JobSpec, hourly_prices, job_path, planned_cost, task_yaml, validate_with_skypilot)
     from leantrain.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # a broken recipe fails here, not on a paid machine
@@ -44,5 +49,12 @@ def _launch(args) -> int:
         on_demand, spot = prices
         print(f"cost of the job: ${on_demand:.2f}/h on demand, ${spot:.2f}/h on spot "
               f"({spec.nodes} node(s) x {max(spec.gpus_per_node, 1)} device(s))")
+        planned = planned_cost(recipe, spec)
+        if planned is not None:
+            print(f"planned run: {planned['hours']:.3g} h on {planned['devices']} device(s) ({planned['strategy']}, "
+                  f"{planned['comm_seconds_per_step']:.3g} s of communication per step, "
+                  f"{planned['exposed_comm_seconds_per_step']:.3g} s not hidden by compute): "
+                  f"{_usd(planned['usd_on_demand'])} on demand, {_usd(planned['usd_spot'])} on spot "
+                  "(`leantrain plan` for the breakdown)")
     print(f"start it: sky jobs launch {output}")
     return 0

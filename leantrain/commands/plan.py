@@ -14,6 +14,9 @@ def register(subparsers) -> dict:
     plan.add_argument("--price-per-hour", type=float, metavar="USD", help="price of one device-hour for every listed GPU")
     plan.add_argument("--rows", type=int, metavar="N", help="training rows, when the data is not at hand")
     plan.add_argument("--catalog", metavar="FILE", help="your own catalog (YAML/JSON) extending or overriding the built-in one")
+    plan.add_argument("--nproc", type=int, metavar="N", help="devices (processes) per node, as torchrun's --nproc_per_node "
+                      "(default 1); DDP, or FSDP when the recipe has cuts.fsdp")
+    plan.add_argument("--nodes", type=int, metavar="M", help="machines, each with --nproc devices (default 1)")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
     hardware = subparsers.add_parser("hardware", help="list the hardware and price catalog")
@@ -25,6 +28,14 @@ def register(subparsers) -> dict:
 
 def _gib(n) -> str:
     return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _size(n) -> str:
+    """Bytes in the largest binary unit that keeps them readable (communication can be KiB or GiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
 
 
 def _usd(n) -> str:
@@ -41,12 +52,24 @@ def _plan(args) -> int:
     if args.rows is not None and args.rows < 1:
         raise UserError(f"--rows: must be >= 1 (got {args.rows})")
     recipe = load_recipe(args.recipe, args.overrides)
-    result = plan(recipe, args.gpus, args.spot, args.price_per_hour, args.rows, args.catalog)
+    result = plan(recipe, args.gpus, args.spot, args.price_per_hour, args.rows, args.catalog,
+                  nproc=args.nproc, nodes=args.nodes)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(render_plan(result))
     return 0
+
+
+def _distribution_lines(p: dict) -> list[str]:
+    d = p["distribution"]
+    if d["world_size"] == 1:
+        return []
+    comm = d["communication"]
+    parts = ", ".join(f"{k.replace('_', ' ')} {_size(v)}" for k, v in comm["breakdown"].items())
+    return [f"distributed: {d['strategy'].upper()} on {d['nodes']} node(s) x {d['nproc_per_node']} device(s) = "
+            f"{d['world_size']} devices, global batch {d['global_batch']}; memory below is per device",
+            f"communication per step per device (sent, ring collectives): {_size(comm['bytes_per_step'])} ({parts})"]
 
 
 def render_plan(p: dict) -> str:
@@ -55,14 +78,18 @@ def render_plan(p: dict) -> str:
         f"{p['model']} ({p['task']}): {p['params']['total']:,} parameters, {p['params']['trainable']:,} trainable",
         f"step: {setup['cuts']}, micro-batch {setup['micro_batch']} x {setup['accumulation']} accumulated, "
         f"sequence {p['seq_len']['memory']} (longest batch) / {p['seq_len']['flops']} (mean), {p['train_rows'] or '?'} training rows",
+        *_distribution_lines(p),
         "",
         f"peak memory on {p['target']}: {_gib(p['peak_memory_bytes'])}",
     ]
-    for key in ("weights", "gradients", "optimizer_states", "saved_activations", "temporaries", "framework_overhead"):
-        lines.append(f"  {key.replace('_', ' '):<20} {_gib(mem[key]):>12}")
+    for key in ("weights", "gradients", "optimizer_states", "gathered_weights", "gathered_gradients",
+                "saved_activations", "temporaries", "framework_overhead"):
+        if mem.get(key) or not key.startswith("gathered"):
+            lines.append(f"  {key.replace('_', ' '):<20} {_gib(mem[key]):>12}")
+    distributed = p["distribution"]["world_size"] > 1
     lines += [
-        f"FLOPs per step: {flops['total']:.3e} (forward {flops['forward']:.3e}, backward {flops['backward']:.3e}, "
-        f"recompute {flops['recompute']:.3e}); {p['tokens_per_step']:,} tokens per step",
+        f"FLOPs per step{' per device' if distributed else ''}: {flops['total']:.3e} (forward {flops['forward']:.3e}, "
+        f"backward {flops['backward']:.3e}, recompute {flops['recompute']:.3e}); {p['tokens_per_step']:,} tokens per step",
         "",
         f"{'gpu':<10} {'fits':<5} {'peak':>11} {'max batch':>9} {'hours':>9} {'on-demand':>11} {'spot':>11}  cheapest listing",
     ]
@@ -71,6 +98,11 @@ def render_plan(p: dict) -> str:
         where = f"{g['provider']} {g['instance']} ({g['price_as_of']})" if g.get("instance") else (g.get("provider") or "-")
         lines.append(f"{g['name']:<10} {'yes' if g['fits'] else 'no':<5} {_gib(g['peak_memory_bytes']):>11} "
                      f"{g['max_batch_size']:>9} {hours:>9} {_usd(g['usd_on_demand']):>11} {_usd(g['usd_spot']):>11}  {where}")
+        if distributed:
+            lines.append(f"{'':<10} step {g['compute_seconds_per_step']:.3g} s compute + {g['comm_seconds_per_step']:.3g} s "
+                         f"communication over {g['link']} at {g['link_gbps']:.4g} GB/s, {g['exposed_comm_seconds_per_step']:.3g} s "
+                         f"not hidden; no overlap: {'-' if g['hours_no_overlap'] is None else format(g['hours_no_overlap'], '.3g')} h; "
+                         f"dollars for {g['devices']} devices")
     rec = p.get("recommendation") or {}
     lines.append("")
     if "gpu" in rec:
@@ -87,6 +119,9 @@ def render_plan(p: dict) -> str:
     lines += [f"note: {n}" for n in p["notes"]]
     lines.append("assumptions: hours = FLOPs / (peak x the catalog's training_efficiency), or memory traffic if slower; "
                  "prices are dated list prices (see `leantrain hardware`)")
+    if distributed:
+        lines.append("assumptions (distributed): ring collectives at the catalog's nominal link bandwidth; forward traffic "
+                     "hides behind forward compute, backward traffic behind backward compute (docs/plan.md)")
     return "\n".join(lines)
 
 
@@ -109,6 +144,7 @@ def _hardware(args) -> int:
             "name": acc.name, "description": acc.description, "memory_bytes": acc.memory_bytes,
             "peak_tflops": acc.peak_tflops, "bandwidth_gbps": acc.bandwidth_gbps,
             "training_efficiency": acc.training_efficiency, "source": acc.source,
+            "intra_node_gbps": acc.intra_node_gbps, "inter_node_gbps": acc.inter_node_gbps, "link_source": acc.link_source,
             "prices": [vars(r) for r in acc.prices],
         })
     if args.json:

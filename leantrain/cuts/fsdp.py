@@ -18,6 +18,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from leantrain.cuts.base import Cut, CutConfig, register
+from leantrain.errors import UserError
 
 
 class FsdpSettings(CutConfig):
@@ -38,3 +39,14 @@ class Fsdp(Cut):
         run.parallel.reshard_after_forward = self.config.reshard_after_forward
         if not run.parallel.enabled:
             run.extras["fsdp"] = "one process: nothing to shard"
+
+    def prepare_model(self, model, run):
+        """Refuse, before any training, a run whose model could not be saved from shards:
+        an adapter on a from_scratch model is saved with its random base, copied out of
+        the whole model, which sharded parameters cannot give. Runs after the adapter cut
+        (``order``), so the PEFT wrapper is visible here."""
+        from_scratch = bool(getattr(run.model_section, "from_scratch", False))
+        if run.parallel.enabled and from_scratch and hasattr(model, "peft_config"):
+            raise UserError("cuts.fsdp: an adapter on a from_scratch model cannot be saved from shards; "
+                            "train it without cuts.fsdp, or fine-tune a pretrained model")
+        return model

@@ -19,6 +19,7 @@ from leantrain.engine.state import TrainState
 class RunContext:
     device: torch.device
     train: Any                                  # the recipe's TrainSection
+    model_section: Any = None                   # the recipe's ModelSection (cuts check e.g. from_scratch)
     model: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None

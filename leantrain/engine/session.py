@@ -210,14 +210,10 @@ def build_session(
         raise UserError("the training data has no examples")
 
     cuts = build_cuts(recipe, instruments=(MemoryAccountant(), CostLedger.for_recipe(recipe)))
-    run = RunContext(device=device, train=cfg, tokenizer=tokenizer, parallel=parallel)
+    run = RunContext(device=device, train=cfg, tokenizer=tokenizer, parallel=parallel, model_section=recipe.model)
     cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
     run.micro_batches_per_step *= parallel.world_size  # a step spans every rank's micro-batches
     run.model = cuts.prepare_model(model, run).to(device)
-    if parallel.enabled and parallel.shard and recipe.model.from_scratch and hasattr(run.model, "peft_config"):
-        # Saving such a run copies the random base out of the model, which FSDP cannot copy.
-        raise UserError("cuts.fsdp: an adapter on a from_scratch model cannot be saved from shards; "
-                        "train it without cuts.fsdp, or fine-tune a pretrained model")
     run.train_model = parallel.wrap(run.model, device)
     run.batches_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     steps_per_epoch = math.ceil(run.batches_per_epoch / run.micro_batches_per_step)

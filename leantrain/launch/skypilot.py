@@ -185,3 +185,20 @@ def hourly_prices(spec: JobSpec) -> tuple[float, float] | None:
         return hourly_price(name, spot=False) * devices, hourly_price(name, spot=True) * devices
     except (KeyError, ValueError, UserError):
         return None
+
+
+def planned_cost(recipe, spec: JobSpec) -> dict | None:
+    """The planner's figures for the whole job: every device of every node billed, with
+    DDP's or FSDP's communication over the catalog's links (``leantrain plan --nproc
+    GPUS_PER_NODE --nodes N``); None when the planner or the catalog cannot say."""
+    try:
+        from leantrain.plan.planner import plan
+    except ImportError:
+        return None
+    try:
+        result = plan(recipe, gpus=[spec.accelerator or "cpu"], nproc=max(spec.gpus_per_node, 1), nodes=spec.nodes,
+                      recommend=False)
+    except UserError:
+        return None
+    row = result["gpus"][0]
+    return {**row, "strategy": result["distribution"]["strategy"]} if row.get("hours") is not None else None

@@ -50,6 +50,9 @@ class Accelerator:
     source: str
     op_latency_us: float = 0.0     # fixed cost of one op (kernel launch, framework dispatch)
     async_launch: bool = True      # launches overlap compute (GPUs); on a CPU they add up
+    intra_node_gbps: float = 16.0  # GB/s one device sends to its peers in a node (NVLink, PCIe)
+    inter_node_gbps: float = 3.125  # GB/s a node's network carries to other nodes
+    link_source: str = ""
     prices: list[PriceRow] = field(default_factory=list)
 
     def compute_dtype(self, wanted: str) -> str:
@@ -126,6 +129,9 @@ def _accelerator(name: str, raw: Any, defaults: dict, where: str) -> Accelerator
         source=str(raw.get("source", where)),
         op_latency_us=float(raw.get("op_latency_us", defaults.get("op_latency_us", 0))),
         async_launch=bool(raw.get("async_launch", defaults.get("async_launch", True))),
+        intra_node_gbps=float(raw.get("intra_node_gbps", defaults.get("intra_node_gbps", 16))),
+        inter_node_gbps=float(raw.get("inter_node_gbps", defaults.get("inter_node_gbps", 3.125))),
+        link_source=str(raw.get("link_source", defaults.get("link_source", ""))),
     )
 
 

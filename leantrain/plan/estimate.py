@@ -73,14 +73,6 @@ class StepModel:
         parts["total"] = sum(parts.values())
         return parts
 
-    def max_batch(self, capacity: float, overhead: float = 0.0, limit: int = 1 << 16) -> int:
-        """The largest micro-batch whose peak fits in ``capacity`` bytes (0: not even one)."""
-        free = capacity - self.memory(0, overhead)["total"]
-        per = self.per_sample_bytes()
-        if free < per:
-            return 0
-        return min(limit, int(free // per)) if per > 0 else limit
-
 
 def _bilinear(points: dict[tuple[int, int], StepTrace], layers: int, batch: int) -> StepTrace:
     """Value at (layers, batch) from traces at layers {l0, l1} x batch {1, 2}."""

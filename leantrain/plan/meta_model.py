@@ -20,7 +20,8 @@ from leantrain.errors import UserError
 # Cuts whose effect on a step's memory and FLOPs the planner models. Others are listed in
 # the plan's notes: some only change how many steps run (early stopping, curriculum),
 # others would need their own modelling here.
-MODELED_CUTS = ("lora", "gradient_checkpointing", "precision", "grad_accumulation")
+# fsdp is modeled per device by distributed_cost (with `plan --nproc/--nodes`).
+MODELED_CUTS = ("lora", "gradient_checkpointing", "precision", "grad_accumulation", "fsdp")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ def best_on(inputs: PlanInputs, setup: Setup, price_key: str) -> dict | None:
     best = None
     for acc in inputs.accelerators:
         micro = next((b for b in _divisors(effective)
-                      if step.memory(b, acc.overhead_bytes)["total"] <= acc.memory_bytes), None)
+                      if inputs.rank_memory(step, setup.with_batch(b, effective // b), acc.overhead_bytes)["total"]
+                      <= acc.memory_bytes), None)
         if micro is None:
             continue
         sized = setup.with_batch(micro, effective // micro)
@@ -51,7 +52,7 @@ def best_on(inputs: PlanInputs, setup: Setup, price_key: str) -> dict | None:
         if cost.get(price_key) is None:
             continue
         option = {"gpu": acc.name, "cuts": setup.cuts_label(), "compute_dtype": acc.compute_dtype(setup.compute_dtype), "micro_batch": micro, "accumulation": effective // micro,
-                  "effective_batch": effective, "peak_memory_bytes": step.memory(micro, acc.overhead_bytes)["total"],
+                  "effective_batch": effective, "peak_memory_bytes": inputs.rank_memory(step, sized, acc.overhead_bytes)["total"],
                   **cost, "usd": cost[price_key]}
         if best is None or option["usd"] < best["usd"]:
             best = option

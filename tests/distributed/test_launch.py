@@ -32,7 +32,10 @@ def test_spot_task_mounts_the_run_directory_and_resumes(tmp_path, monkeypatch, c
     (mount_point, mount), = task["file_mounts"].items()
     assert f"output.dir={mount_point}/demo" in run and mount["store"] == "s3"
     assert "pip install leantrain" in task["setup"]
-    assert f"sky jobs launch {path}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"sky jobs launch {path}" in out
+    # The planner's cost for the whole job: both nodes' devices, DDP's communication included.
+    assert "planned run:" in out and "on 2 device(s) (ddp" in out
 
 
 def test_cpu_task_installs_the_cpu_torch_and_on_demand_has_no_spot(tmp_path, monkeypatch):
