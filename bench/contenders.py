@@ -13,6 +13,7 @@ Contenders (same model, data split, LoRA settings, batch size, seed, schedule):
   hf-tutorial  - Trainer + PEFT as a typical tutorial: padding="max_length", fp32
   hand         - a minimal hand-written PyTorch loop doing the same steps as leantrain
   leantrain-sdpa - leantrain keeping PyTorch's fused attention kernel in bf16 on CPU
+  leantrain-native-dropout - leantrain with torch's own CPU dropout (cuts.fast_dropout off)
 """
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def run_hand(opts: dict) -> dict:
         for p in model.parameters():  # what the recipe's frozen_dtype does, by hand
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
-    if recipe.cuts.fast_dropout.enabled:  # the same dropout kernel as the recipe's cut
+    if recipe.cuts.fast_dropout.enabled:  # the same dropout kernel as the recipe's cut, by its public helpers
         from leantrain.cuts.fast_dropout import swap_dropout_modules, use_fast_attention_dropout
 
         swap_dropout_modules(model)
@@ -228,6 +229,8 @@ CONTENDERS = {
     "hf-tutorial": lambda opts: run_hf(opts, tutorial=True),
     "hand": run_hand,
     "leantrain-sdpa": run_leantrain_sdpa,
+    # The before of cuts.fast_dropout: torch's per-element CPU dropout masks.
+    "leantrain-native-dropout": lambda opts: run_leantrain({**opts, "sets": [*opts.get("sets", []), "cuts.fast_dropout=false"]}),
 }
 
 

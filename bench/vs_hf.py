@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SPEED_CONTENDERS = ["leantrain", "hf-best", "hf-tutorial", "hand"]
+SPEED_CONTENDERS = ["leantrain", "hf-best", "hf-tutorial", "hand", "leantrain-native-dropout"]
 FULL_FINE_TUNE = ["cuts.lora=false", "cuts.precision=false", "train.lr=5e-5"]  # the usual full-FT learning rate
 
 
