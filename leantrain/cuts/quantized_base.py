@@ -18,6 +18,7 @@ trainable weights, never the quantized base.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Literal
 
@@ -61,6 +62,64 @@ def frozen_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
             and not is_quantized(module.weight) and not any(part in name for part in KEEP_FLOAT)]
 
 
+def _dense_weight(module: torch.nn.Linear) -> torch.Tensor:
+    if hasattr(module.weight, "__tensor_flatten__"):  # torchao int8 or NF4
+        return _dequantize(module.weight)
+    from peft.utils.integrations import dequantize_module_weight  # bitsandbytes
+
+    return dequantize_module_weight(module)
+
+
+def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` whose quantized Linear layers are plain float ``nn.Linear``
+    holding the dequantized weights: exactly the base the adapters trained on, in a form
+    PEFT can merge into and transformers can save. A model without quantized layers is
+    simply deep-copied."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and is_quantized(module.weight):
+            plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            plain.weight = torch.nn.Parameter(_dense_weight(module).detach().clone(), requires_grad=False)
+            if module.bias is not None:
+                plain.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=module.bias.requires_grad)
+            plain.train(module.training)
+            memo[id(module)] = plain
+    return copy.deepcopy(model, memo)
+
+
+class _LinearOverFrozenLowBit(torch.autograd.Function):
+    """``x @ W.T + b`` for a frozen quantized ``W`` that keeps only the low-bit weight.
+
+    Autograd on torchao's own linear would save the dequantized float weight of every
+    layer for backward, which gives back the memory the quantization saved. The weight is
+    frozen, so backward needs only ``grad @ W``: dequantize it again there instead (the
+    trade QLoRA makes: a little compute for the memory).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.weight, ctx.x_dtype, ctx.bias_grad = weight, x.dtype, bias is not None and bias.requires_grad
+        return torch.nn.functional.linear(x, _dequantize(weight).to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x = grad.matmul(_dequantize(ctx.weight).to(grad.dtype)).to(ctx.x_dtype)
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.bias_grad else None
+        return grad_x, None, grad_bias
+
+
+def _dequantize(weight: torch.Tensor) -> torch.Tensor:
+    return weight.get_original_weight() if hasattr(weight, "get_original_weight") else weight.dequantize()
+
+
+class LowBitLinear(torch.nn.Linear):
+    """An ``nn.Linear`` whose frozen weight is a torchao low-bit tensor (same names, same
+    state dict keys); its forward saves nothing but the input's dtype for backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _LinearOverFrozenLowBit.apply(x, self.weight, self.bias)
+
+
 def _quiet_torchao():
     logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
@@ -74,6 +133,7 @@ def _torchao_int8(layers) -> None:
 
     for _, module in layers:
         quantize_(module, Int8WeightOnlyConfig())
+        module.__class__ = LowBitLinear
 
 
 def _nf4_scaler_block(blocks: int) -> int:
@@ -92,6 +152,7 @@ def _torchao_nf4(layers, block_size: int) -> None:
         blocks = weight.numel() // block_size
         module.weight = torch.nn.Parameter(NF4Tensor.from_tensor(weight, block_size, _nf4_scaler_block(blocks)),
                                            requires_grad=False)
+        module.__class__ = LowBitLinear
 
 
 def _bitsandbytes(model, layers, bits: int) -> None:

@@ -155,3 +155,21 @@ def test_nf4_block_size_must_divide_every_layer(cut_recipe):
     model = make_cut("lora").prepare_model(model, run)
     with pytest.raises(UserError, match=r"cuts.quantized_base.block_size: .* not a multiple of 48"):
         make_cut("quantized_base", bits=4, block_size=48).prepare_model(model, run)
+
+
+def test_from_scratch_nf4_run_saves_its_base_and_a_merged_model_that_computes_the_same(tiny_recipe):
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = copy.deepcopy(tiny_recipe)  # from_scratch: the random base exists only in the run
+    recipe["cuts"] = {"lora": {"dropout": 0.0, "merge_on_save": True}, "quantized_base": {"bits": 4, "block_size": 32}}
+    recipe["train"]["epochs"] = 1
+    result = train(recipe, show_progress=False)
+    model_dir = result.run_dir / "model"
+    merged = AutoModelForSequenceClassification.from_pretrained(model_dir / "merged").eval()
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir / "base")
+    assert all(type(p) is torch.nn.Parameter for p in [*merged.parameters(), *base.parameters()])
+    inputs = {"input_ids": torch.randint(1000, 2000, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    with torch.no_grad():
+        trained, reloaded = result.model.eval()(**inputs).logits, merged(**inputs).logits
+    # Merged into the dequantized base: the function the adapters were trained with.
+    assert torch.allclose(trained, reloaded, atol=1e-4 * float(trained.abs().max()) + 1e-5)
