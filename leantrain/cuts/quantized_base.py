@@ -224,6 +224,13 @@ class QuantizedBase(Cut):
             after = sum(modules[name].weight.numel() for name, _ in layers) * self.config.bits // 8
         else:
             after = sum(stored_bytes(modules[name].weight) for name, _ in layers)
+        if run.parallel.enabled:
+            # DDP broadcasts rank 0's parameters when it wraps the model, which these tensor
+            # types cannot go through. Every rank quantizes the same base the same way, and
+            # frozen weights have no gradients to reduce: DDP may leave them out.
+            ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+            model._ddp_params_and_buffers_to_ignore = ignored + [
+                name for name, param in model.named_parameters() if is_quantized(param)]
         run.extras["quantized_base"] = {
             "backend": self.config.backend, "bits": self.config.bits, "layers": len(layers),
             "weight_bytes_before": before, "weight_bytes_after": after,
