@@ -109,7 +109,11 @@ class _LinearOverFrozenLowBit(torch.autograd.Function):
 
 
 def _dequantize(weight: torch.Tensor) -> torch.Tensor:
-    return weight.get_original_weight() if hasattr(weight, "get_original_weight") else weight.dequantize()
+    if hasattr(weight, "get_original_weight"):  # NF4
+        return weight.get_original_weight()
+    if hasattr(weight, "__tensor_flatten__"):  # int8
+        return weight.dequantize()
+    return weight  # a float weight standing in for one (the planner's meta model)
 
 
 class LowBitLinear(torch.nn.Linear):
@@ -174,6 +178,28 @@ def _bitsandbytes(model, layers, bits: int) -> None:
             twin.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, twin)
+
+
+def low_bit_bytes(weight: torch.Tensor, settings: QuantizedBaseSettings) -> int:
+    """Bytes ``weight`` takes once quantized with ``settings`` (the planner's figure, on the
+    meta device): int8 data plus a scale and an int8 zero point per row; or NF4 codes (two
+    per byte), an int8 scale per block, a float factor per group of blocks, the 16-entry
+    code table and one mean. Matches torchao's tensors for fp32 weights."""
+    if settings.bits == 8:
+        return weight.numel() + weight.shape[0] * (weight.element_size() + 1)
+    blocks = weight.numel() // settings.block_size
+    return weight.numel() // 2 + blocks + 4 * (blocks // _nf4_scaler_block(max(blocks, 1))) + 4 + 16 * 4
+
+
+def plan_on_meta(model: torch.nn.Module, settings: QuantizedBaseSettings) -> dict[int, int]:
+    """What this cut does to a meta-device model (``leantrain plan``), without quantizing:
+    the frozen base Linear layers get the low-bit forward (nothing saved for backward),
+    and the result maps each such weight's id to the bytes it would hold."""
+    planned = {}
+    for _, module in frozen_linears(model):
+        module.__class__ = LowBitLinear
+        planned[id(module.weight)] = low_bit_bytes(module.weight, settings)
+    return planned
 
 
 @register
