@@ -98,13 +98,17 @@ class _LinearOverFrozenLowBit(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.weight, ctx.x_dtype, ctx.bias_grad = weight, x.dtype, bias is not None and bias.requires_grad
+        ctx.weight, ctx.x_dtype = weight, x.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return torch.nn.functional.linear(x, _dequantize(weight).to(x.dtype), bias)
 
     @staticmethod
     def backward(ctx, grad):
-        grad_x = grad.matmul(_dequantize(ctx.weight).to(grad.dtype)).to(ctx.x_dtype)
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.bias_grad else None
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.matmul(_dequantize(ctx.weight).to(grad.dtype)).to(ctx.x_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
         return grad_x, None, grad_bias
 
 

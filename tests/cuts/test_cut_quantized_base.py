@@ -16,7 +16,7 @@ import yaml
 from cuts_helpers import REPO, initial_state, make_cut, run_context, same_data, stored_snapshot
 from leantrain import train
 from leantrain.cuts import build_cuts
-from leantrain.cuts.quantized_base import QuantizedBase, frozen_linears
+from leantrain.cuts.quantized_base import QuantizedBase, dequantized_copy, frozen_linears
 from leantrain.errors import UserError
 from leantrain.recipe import Recipe
 
@@ -66,6 +66,19 @@ def test_base_linears_hold_low_bit_data_and_output_stays_close(cut_recipe, bits)
     assert not torch.equal(plain, low_bit)  # the base really computes with rounded weights
     spread = plain.abs().max()
     assert (plain - low_bit).abs().max() < (0.05 if bits == 8 else 0.25) * spread
+
+    # The low-bit layers' own backward gives the gradients autograd gives on the same
+    # (dequantized) weights held in float.
+    dense = dequantized_copy(model)
+    for net in (model, dense):  # eval mode: no dropout, the same forward in both
+        with torch.no_grad():  # non-zero B so that gradients reach the adapters' A too
+            for name, param in net.named_parameters():
+                if "lora_B" in name:
+                    param.fill_(0.1)
+        net(**batch).loss.backward()
+    grads = {n: p.grad for n, p in dense.named_parameters() if p.requires_grad}
+    assert all(torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6) for n, p in model.named_parameters() if p.requires_grad)
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n)
 
 
 def _recipe(cut_recipe, bits, **train):
