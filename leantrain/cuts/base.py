@@ -67,6 +67,10 @@ class Cut:
     # Cuts run in ascending order: model wrappers (LoRA) before what acts on the wrapped
     # model (checkpointing, dtype casts), step-level cuts after.
     order: ClassVar[int] = 50
+    # Other cuts this one needs in the same recipe, and those it cannot run with (name ->
+    # why): checked when the run starts, before any data or model work is wasted.
+    requires: ClassVar[tuple[str, ...]] = ()
+    conflicts: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: CutConfig):
         self.config = config
@@ -127,6 +131,20 @@ class Cut:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def check_combination(names: list[str]) -> None:
+    """Raise a one-line UserError when the enabled cuts ``names`` cannot run together."""
+    from leantrain.errors import UserError
+
+    for name in names:
+        cls = REGISTRY[name]
+        for needed in cls.requires:
+            if needed not in names:
+                raise UserError(f"cuts.{name}: needs cuts.{needed} in the same recipe")
+        for other, why in cls.conflicts.items():
+            if other in names:
+                raise UserError(f"cuts.{name}: cannot run with cuts.{other}: {why}; turn one of them off")
 
 
 def register(cls: type[Cut]) -> type[Cut]:

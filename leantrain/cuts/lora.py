@@ -6,7 +6,6 @@ hundred KB instead of the whole model. The classifier head stays fully trainable
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 
@@ -70,7 +69,9 @@ class Lora(Cut):
     def on_save(self, model: torch.nn.Module, out_dir: Path, run) -> dict[str, str]:
         if not self.config.merge_on_save:
             return {}
-        merged = copy.deepcopy(model).merge_and_unload()
+        from leantrain.cuts.quantized_base import dequantized_copy
+
+        merged = dequantized_copy(model).merge_and_unload()  # a quantized base merges as its float values
         target = Path(out_dir) / "merged"
         merged.save_pretrained(target)
         return {"merged_model": str(target)}

@@ -37,10 +37,11 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, st
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         if recipe.model.from_scratch and adapter:
             # The randomly initialised base exists nowhere else; without it the adapter is
-            # unusable. Save it (adapters removed) next to the adapter, in model/base.
-            import copy
+            # unusable. Save it (adapters removed) next to the adapter, in model/base; a
+            # quantized base (cuts.quantized_base) is saved as its dequantized float values.
+            from leantrain.cuts.quantized_base import dequantized_copy
 
-            copy.deepcopy(model).unload().save_pretrained(out / "base")
+            dequantized_copy(model).unload().save_pretrained(out / "base")
     else:
         from safetensors.torch import save_file
 

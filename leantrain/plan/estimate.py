@@ -101,7 +101,7 @@ _TRACES: dict[tuple, StepTrace] = {}
 
 def _setup_key(setup: Setup) -> tuple:
     dump = lambda cfg: cfg.model_dump_json() if cfg is not None else None  # noqa: E731
-    return (dump(setup.lora), dump(setup.checkpointing), setup.dtype, setup.frozen_dtype)
+    return (dump(setup.lora), dump(setup.checkpointing), setup.dtype, setup.frozen_dtype, dump(setup.quantized_base))
 
 
 def _trace(config, task: str, setup: Setup, layers: int, batch: int, seq_len: int, kind: str) -> StepTrace:

@@ -21,7 +21,7 @@ from leantrain.errors import UserError
 # the plan's notes: some only change how many steps run (early stopping, curriculum),
 # others would need their own modelling here.
 # fsdp is modeled per device by distributed_cost (with `plan --nproc/--nodes`).
-MODELED_CUTS = ("lora", "gradient_checkpointing", "precision", "grad_accumulation", "fsdp")
+MODELED_CUTS = ("lora", "gradient_checkpointing", "precision", "grad_accumulation", "fsdp", "quantized_base")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Setup:
     frozen_dtype: str | None
     micro_batch: int
     accumulation: int = 1
+    quantized_base: object | None = None  # QuantizedBaseSettings: the frozen base in int8/NF4
 
     @classmethod
     def from_recipe(cls, recipe) -> "Setup":
@@ -44,6 +45,7 @@ class Setup:
             lora=cuts.get("lora"), checkpointing=cuts.get("gradient_checkpointing"),
             dtype=precision.dtype if precision else None, frozen_dtype=precision.frozen_dtype if precision else None,
             micro_batch=recipe.train.batch_size, accumulation=accumulation.steps if accumulation else 1,
+            quantized_base=cuts.get("quantized_base") if cuts.get("lora") else None,
         )
 
     @property
@@ -62,10 +64,13 @@ class Setup:
         if self.checkpointing:
             parts.append("checkpointing")
         parts.append(self.compute_dtype + (f" (frozen {self.frozen_dtype})" if self.frozen_dtype else ""))
+        if self.quantized_base is not None:
+            parts.append("int8 base" if self.quantized_base.bits == 8 else "NF4 base")
         return " + ".join(parts)
 
     def key(self) -> tuple:
-        return (bool(self.lora), bool(self.checkpointing), self.dtype, self.frozen_dtype)
+        bits = self.quantized_base.bits if self.quantized_base is not None else None
+        return (bool(self.lora), bool(self.checkpointing), self.dtype, self.frozen_dtype, bits)
 
 
 def model_config(model_section, num_labels: int):
@@ -124,6 +129,10 @@ def build_meta_model(config, task: str, setup: Setup) -> torch.nn.Module:
     if setup.dtype is not None:
         settings = PrecisionSettings(enabled=True, dtype=setup.dtype, frozen_dtype=setup.frozen_dtype)
         model = Precision(settings).prepare_model(model, run)
+    if setup.quantized_base is not None:
+        from leantrain.cuts.quantized_base import plan_on_meta
+
+        model.planned_weight_bytes = plan_on_meta(model, setup.quantized_base)
     model.train()
     return model
 
@@ -133,9 +142,10 @@ def parameter_bytes(model: torch.nn.Module) -> dict[str, int]:
     params = {id(p): p for p in model.parameters()}.values()
     buffers = {id(b): b for b in model.buffers()}.values()
     trainable = [p for p in params if p.requires_grad]
+    planned = getattr(model, "planned_weight_bytes", {})  # low-bit weights (cuts.quantized_base)
     return {
         "total_params": sum(p.numel() for p in params),
         "trainable_params": sum(p.numel() for p in trainable),
-        "weights": sum(t.numel() * t.element_size() for t in list(params) + list(buffers)),
+        "weights": sum(planned.get(id(t), t.numel() * t.element_size()) for t in list(params) + list(buffers)),
         "trainable_bytes": sum(p.numel() * p.element_size() for p in trainable),
     }

@@ -62,8 +62,30 @@ def base_param_name(name: str) -> str | None:
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
+def stored_tensors(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Copies of the plain tensors that really hold ``tensor``'s data: itself, or for a
+    quantized subclass (torchao int8, NF4) its inner int data and scales. Comparing these
+    bitwise is what ``torch.equal`` cannot do on the subclass itself."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return tuple(part for name in names for part in stored_tensors(getattr(tensor, name)))
+    return (tensor.detach().clone(),)
+
+
+def same_data(a: torch.Tensor | tuple, b: torch.Tensor | tuple) -> bool:
+    """Bitwise equality of two tensors (plain or quantized) or of their ``stored_tensors``."""
+    a = a if isinstance(a, tuple) else stored_tensors(a)
+    b = b if isinstance(b, tuple) else stored_tensors(b)
+    return len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
+
+
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def stored_snapshot(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Each parameter's stored data (quantized ones included), for ``same_data`` after training."""
+    return {n: stored_tensors(p) for n, p in model.named_parameters()}
 
 
 # The library's own counter (deduplicated by storage), as the memory accountant uses it.
