@@ -3,9 +3,9 @@
 Why: profiling the demo step on this CPU (bench/vs_hf.py, torch.profiler) put 19% of all
 CPU time in ``aten::bernoulli_``: PyTorch's CPU dropout draws every mask element on its
 own (~6 ns each), more than the matmuls of a small model's LoRA layers cost. Here one
-64-bit draw of the same generator feeds four 16-bit (or two 32-bit) uniform integers,
-and the keep mask is built with integer bit operations straight into the activation's
-dtype: the same distribution (drop probability rounded to 1/32768, the scale matched to
+64-bit draw of the same generator feeds four 15-bit uniform integers, and the keep mask
+is built with integer bit operations straight into bfloat16's bit pattern (then widened
+to the activation's dtype): the same distribution (drop probability rounded to 1/32768, the scale matched to
 the rounded value so the expectation is exact), the same seeding and resume (the global
 torch generator), several times cheaper. On CUDA the fused native kernel is already
 fast, so the cut leaves the model alone there.
@@ -26,37 +26,34 @@ from torch.overrides import TorchFunctionMode
 
 from leantrain.cuts.base import Cut, CutConfig, register
 
-# Bits of 1.0 in each float dtype, written into the kept positions of an integer mask.
-ONE_BITS = {torch.bfloat16: 0x3F80, torch.float16: 0x3C00, torch.float32: 0x3F800000}
-INT_OF_WIDTH = {2: torch.int16, 4: torch.int32}
+BF16_ONE_BITS = 0x3F80  # the bits of 1.0 in bfloat16, written into the kept positions
 ATTENTION_NAME = "leantrain_eager_fast_dropout"
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A 0/1 mask in ``dtype`` keeping each element with probability 1 - p, and the scale
-    1/(1 - p') for the p' actually used (p rounded to the mask's integer resolution)."""
-    int_dtype = INT_OF_WIDTH[dtype.itemsize]
-    value_bits = 8 * dtype.itemsize - 1                 # the sign bit is dropped: 15 or 31 uniform bits
-    levels = 1 << value_bits
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A bf16 0/1 mask keeping each element with probability 1 - p, and the scale
+    1/(1 - p') for the p' actually used (p rounded to 1/32768)."""
+    levels = 1 << 15                                     # 15 uniform bits per element, 4 per 64-bit draw
     threshold = min(round(p * levels), levels)
     count = math.prod(shape)
-    words = torch.empty((count * dtype.itemsize + 7) // 8, dtype=torch.int64, device=device).random_()
-    draws = words.view(int_dtype)[:count].view(shape).bitwise_and_(levels - 1)   # uniform in [0, levels)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_()
+    draws = words.view(torch.int16)[:count].view(shape).bitwise_and_(levels - 1)   # uniform in [0, 2^15)
     # draws - threshold is negative exactly where an element is dropped; an arithmetic shift
-    # by value_bits turns that into all ones (-1), a kept element into 0; NOT flips it.
-    mask = draws.sub_(threshold).bitwise_right_shift_(value_bits).bitwise_not_().bitwise_and_(ONE_BITS[dtype])
+    # by 15 turns that into all ones (-1) and a kept element into 0; NOT flips the two.
+    mask = draws.sub_(threshold).bitwise_right_shift_(15).bitwise_not_().bitwise_and_(BF16_ONE_BITS)
     kept = levels - threshold
-    return mask.view(dtype), (levels / kept if kept else 0.0)
+    return mask.view(torch.bfloat16), (levels / kept if kept else 0.0)
 
 
 def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """``F.dropout(x, p, training=True)`` with word-wise random masks (float dtypes on CPU)."""
+    """``F.dropout(x, p, training=True)`` with word-wise random masks (float tensors on CPU)."""
     if p <= 0.0:
         return x
-    if x.dtype not in ONE_BITS or x.device.type != "cpu":
+    if x.dtype not in FLOAT_DTYPES or x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, training=True)
-    mask, scale = keep_mask(x.shape, p, x.dtype, x.device)
-    return (x * mask).mul_(scale)
+    mask, scale = keep_mask(x.shape, p, x.device)
+    return (x * mask.to(x.dtype)).mul_(scale)
 
 
 class FastDropout(torch.nn.Dropout):
@@ -137,7 +134,7 @@ class FastDropoutCut(Cut):
     name = "fast_dropout"
     Config = FastDropoutSettings
     summary = "CPU dropout masks from whole random words: same distribution, several times cheaper than per-element draws."
-    order = 35  # after LoRA (10, adds its dropout modules) and precision (30, picks the attention kernel)
+    order = 36  # after LoRA (10, adds its dropout modules) and precision (30, picks the attention kernel)
 
     def prepare_model(self, model, run):
         if run.device.type != "cpu":
