@@ -156,7 +156,8 @@ def main() -> None:
     parser.add_argument("--contenders", nargs="+", default=SPEED_CONTENDERS, help="speed phase: who runs (leantrain first)")
     parser.add_argument("--tag", default="", help="suffix of the results file (e.g. speed-attention.json)")
     parser.add_argument("--epochs", type=float, default=None, help="override the recipe's epochs (accuracy, fullft)")
-    parser.add_argument("--accuracy-contenders", nargs="+", default=["leantrain", "hf-best", "hf-tutorial"])
+    parser.add_argument("--accuracy-contenders", nargs="+", default=["leantrain", "hf-best"],
+                        help="whole-recipe runs (the tutorial configuration takes ~6x as long; add hf-tutorial to include it)")
     parser.add_argument("--eval-every", type=int, default=25, help="fullft: evaluate every N steps")
     parser.add_argument("--fullft-rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None,

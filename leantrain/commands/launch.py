@@ -50,7 +50,9 @@ def _launch(args) -> int:
         print(f"cost of the job: ${on_demand:.2f}/h on demand, ${spot:.2f}/h on spot "
               f"({spec.nodes} node(s) x {max(spec.gpus_per_node, 1)} device(s))")
         planned = planned_cost(recipe, spec)
-        if planned is not None:
+        if "unavailable" in planned:
+            print(f"planned run: no estimate ({planned['unavailable']})")
+        else:
             print(f"planned run: {planned['hours']:.3g} h on {planned['devices']} device(s) ({planned['strategy']}, "
                   f"{planned['comm_seconds_per_step']:.3g} s of communication per step, "
                   f"{planned['exposed_comm_seconds_per_step']:.3g} s not hidden by compute): "

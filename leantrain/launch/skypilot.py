@@ -190,15 +190,17 @@ def hourly_prices(spec: JobSpec) -> tuple[float, float] | None:
 def planned_cost(recipe, spec: JobSpec) -> dict | None:
     """The planner's figures for the whole job: every device of every node billed, with
     DDP's or FSDP's communication over the catalog's links (``leantrain plan --nproc
-    GPUS_PER_NODE --nodes N``); None when the planner or the catalog cannot say."""
+    GPUS_PER_NODE --nodes N``); ``{"unavailable": why}`` when the planner cannot say."""
     try:
         from leantrain.plan.planner import plan
     except ImportError:
-        return None
+        return {"unavailable": "the planner is not installed"}
     try:
         result = plan(recipe, gpus=[spec.accelerator or "cpu"], nproc=max(spec.gpus_per_node, 1), nodes=spec.nodes,
                       recommend=False)
-    except UserError:
-        return None
+    except UserError as exc:
+        return {"unavailable": str(exc)}
     row = result["gpus"][0]
-    return {**row, "strategy": result["distribution"]["strategy"]} if row.get("hours") is not None else None
+    if row.get("hours") is None:
+        return {"unavailable": f"{row.get('gpu', spec.accelerator)} has no hours in the plan"}
+    return {**row, "strategy": result["distribution"]["strategy"]}

@@ -20,8 +20,10 @@ def _launch(tmp_path, monkeypatch, *extra: str) -> tuple[dict, str]:
     return yaml.safe_load(out.read_text(encoding="utf-8")), str(out)
 
 
-def test_spot_task_mounts_the_run_directory_and_resumes(tmp_path, monkeypatch, capsys):
-    task, path = _launch(tmp_path, monkeypatch, "--gpu", "A10G", "--spot", "--nodes", "2")
+def test_spot_task_mounts_the_run_directory_and_resumes(tmp_path, monkeypatch, capsys, topic_csv):
+    # The planner counts the data's tokens: point it at a file that exists on a fresh clone.
+    task, path = _launch(tmp_path, monkeypatch, "--gpu", "A10G", "--spot", "--nodes", "2",
+                         "--set", f"data.train={topic_csv}")
     assert task["resources"]["use_spot"] is True
     assert task["resources"]["accelerators"] == "A10G:1" and task["num_nodes"] == 2
     run = task["run"]
@@ -100,3 +102,9 @@ def test_train_nproc_exits_like_the_run_not_like_torchrun(tmp_path):
     assert exit_code_of(tmp_path, 1) == 3
     (tmp_path / "summary.json").unlink()
     assert exit_code_of(tmp_path, 1) == 1  # no summary: the run never started; torchrun's word
+
+
+def test_launch_says_why_it_has_no_planned_cost(tmp_path, monkeypatch, capsys):
+    _launch(tmp_path, monkeypatch, "--gpu", "A10G", "--set", f"data.train={tmp_path / 'missing.csv'}")
+    out = capsys.readouterr().out
+    assert "planned run: no estimate (" in out and "missing.csv" in out
