@@ -43,13 +43,14 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) data/demo/fortunes.csv
-	$(BIN)/python bench/demo_cuts.py --steps 40
+	$(BIN)/python bench/demo_cuts.py --steps 30
 	$(BIN)/python bench/bucketing.py --steps 24
 	$(BIN)/python bench/data_cache.py
 	$(BIN)/python bench/prefetch.py --steps 8
 	$(BIN)/python bench/vs_hf.py --steps 30 --rounds 3 --fullft-rounds 3
 	$(BIN)/python bench/planner_accuracy.py
 	$(BIN)/python bench/compress.py
+	$(BIN)/python bench/fast_dropout.py
 
 clean:
 	rm -rf $(VENV) runs data/demo

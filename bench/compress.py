@@ -4,7 +4,8 @@ Every figure compares the fine-tuned demo model (runs/demo, LoRA merged) with it
 compressed form on the demo's eval split, and latency on the same batch of eval
 examples, the two models alternating on every repeat (median). Run from the repo root
 after `leantrain train examples/demo.yaml` (and, for the student, after training
-examples/distill-student.yaml, or pass --train-student):
+examples/distill-student.yaml, or pass --train-student); either run is trained first
+if it is missing:
 
     .venv/bin/python bench/compress.py [--student runs/demo-student] [--out runs/bench-compress]
 
@@ -19,6 +20,18 @@ from pathlib import Path
 from leantrain.compress import compress
 from leantrain.compress.measure import eval_data, run_recipe
 from leantrain.compress.pipeline import _plain, measure_pair
+
+
+def ensure_run(run_dir: str, recipe: str) -> None:
+    """Train ``recipe`` into ``run_dir`` unless it already holds a saved model, so that
+    `make bench` works on a fresh clone (the teacher is the demo run, the student its
+    distilled 3-block version)."""
+    if (Path(run_dir) / "model" / "leantrain.json").is_file():
+        return
+    from leantrain.engine.run import train
+
+    print(f"training {recipe} into {run_dir} (no saved model there yet)", flush=True)
+    train(recipe, overrides=[f"output.dir={run_dir}"], show_progress=False)
 
 
 def student_report(run_dir: str, student_dir: str, recipe: str, batch: int, repeats: int) -> dict:
@@ -62,6 +75,9 @@ def main() -> None:
     wanted = args.only or ["int8", "distill", "prune"]
     common = {"recipe": args.recipe, "latency_batch_size": args.batch, "repeats": args.repeats}
     reports: dict[str, dict] = {}
+    ensure_run(args.run, args.recipe)
+    if "distill" in wanted and not args.train_student:
+        ensure_run(args.student, "examples/distill-student.yaml")
     if "int8" in wanted:
         reports["int8"] = compress(args.run, out / "int8", quantize="int8", **common)
     if "distill" in wanted:
