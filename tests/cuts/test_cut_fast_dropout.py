@@ -117,3 +117,21 @@ def test_training_with_the_cut_learns(cut_recipe):
     events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in events if e["event"] == "train"]
     assert sum(losses[-3:]) < 0.85 * sum(losses[:3]), losses
+
+
+def test_checkpoint_recomputation_redraws_the_same_masks():
+    """torch.utils.checkpoint restores the global generator before recomputing; the fast
+    masks come from that generator, so gradients match the run without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    linear, dropout = torch.nn.Linear(32, 32), fast.FastDropout(0.3)
+    x = torch.randn(8, 32)
+    grads = []
+    for recompute in (False, True):
+        linear.zero_grad()
+        torch.manual_seed(1)
+        block = lambda t: dropout(linear(t)).relu()  # noqa: E731
+        (checkpoint(block, x, use_reentrant=False) if recompute else block(x)).sum().backward()
+        grads.append(linear.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
