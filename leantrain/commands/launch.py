@@ -20,13 +20,10 @@ def register(subparsers) -> dict:
     return {"launch": _launch}
 
 
-def _usd(value) -> str:
-    return "-" if value is None else f"${value:,.2f}" if value >= 1 else f"${value:.3g}"
-
-
 def _launch(args) -> int:
     from pathlib import Path
 
+    from leantrain.commands.plan import usd_text
     from leantrain.launch.skypilot import (
         JobSpec, hourly_prices, job_path, planned_cost, task_yaml, validate_with_skypilot)
     from leantrain.recipe import load_recipe
@@ -56,7 +53,7 @@ def _launch(args) -> int:
             print(f"planned run: {planned['hours']:.3g} h on {planned['devices']} device(s) ({planned['strategy']}, "
                   f"{planned['comm_seconds_per_step']:.3g} s of communication per step, "
                   f"{planned['exposed_comm_seconds_per_step']:.3g} s not hidden by compute): "
-                  f"{_usd(planned['usd_on_demand'])} on demand, {_usd(planned['usd_spot'])} on spot "
+                  f"{usd_text(planned['usd_on_demand'])} on demand, {usd_text(planned['usd_spot'])} on spot "
                   "(`leantrain plan` for the breakdown)")
     print(f"start it: sky jobs launch {output}")
     return 0

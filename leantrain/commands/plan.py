@@ -38,7 +38,7 @@ def _size(n) -> str:
     return f"{n} B"
 
 
-def _usd(n) -> str:
+def usd_text(n) -> str:
     return "-" if n is None else f"${n:.3g}" if n < 1 else f"${n:,.2f}"
 
 
@@ -97,7 +97,7 @@ def render_plan(p: dict) -> str:
         hours = "-" if g["hours"] is None else f"{g['hours']:.3g}"
         where = f"{g['provider']} {g['instance']} ({g['price_as_of']})" if g.get("instance") else (g.get("provider") or "-")
         lines.append(f"{g['name']:<10} {'yes' if g['fits'] else 'no':<5} {_gib(g['peak_memory_bytes']):>11} "
-                     f"{g['max_batch_size']:>9} {hours:>9} {_usd(g['usd_on_demand']):>11} {_usd(g['usd_spot']):>11}  {where}")
+                     f"{g['max_batch_size']:>9} {hours:>9} {usd_text(g['usd_on_demand']):>11} {usd_text(g['usd_spot']):>11}  {where}")
         if distributed:
             lines.append(f"{'':<10} step {g['compute_seconds_per_step']:.3g} s compute + {g['comm_seconds_per_step']:.3g} s "
                          f"communication over {g['link']} at {g['link_gbps']:.4g} GB/s, {g['exposed_comm_seconds_per_step']:.3g} s "
@@ -107,11 +107,11 @@ def render_plan(p: dict) -> str:
     lines.append("")
     if "gpu" in rec:
         lines.append(f"recommended ({rec['pricing']}): {rec['gpu']}, {rec['cuts']} (computes in {rec['compute_dtype']}), "
-                     f"micro-batch {rec['micro_batch']} x {rec['accumulation']} -> {rec['hours']:.3g} h, {_usd(rec['usd'])}")
+                     f"micro-batch {rec['micro_batch']} x {rec['accumulation']} -> {rec['hours']:.3g} h, {usd_text(rec['usd'])}")
         base = rec.get("baseline")
         if base:
             lines.append(f"  vs full fine-tuning in fp32 ({base['gpu']}, micro-batch {base['micro_batch']} x "
-                         f"{base['accumulation']}): {_usd(base['usd'])}; saving {_usd(rec['saving_usd'])}")
+                         f"{base['accumulation']}): {usd_text(base['usd'])}; saving {usd_text(rec['saving_usd'])}")
         else:
             lines.append(f"  {rec.get('baseline_note')}")
     elif rec:

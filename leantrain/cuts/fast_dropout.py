@@ -25,6 +25,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from leantrain.cuts.base import Cut, CutConfig, register
+from leantrain.cuts.precision import set_attention
 
 BF16_ONE_BITS = 0x3F80  # the bits of 1.0 in bfloat16, written into the kept positions
 ATTENTION_NAME = "leantrain_eager_fast_dropout"
@@ -118,11 +119,7 @@ def use_fast_attention_dropout(model: torch.nn.Module) -> bool:
     if not modeling_files or not all(hasattr(sys.modules[f], "eager_attention_forward") for f in modeling_files):
         return False
     _register_attention()
-    try:
-        model.set_attn_implementation(ATTENTION_NAME)
-    except (ValueError, AttributeError):
-        return False
-    return config._attn_implementation == ATTENTION_NAME
+    return set_attention(model, ATTENTION_NAME)
 
 
 class FastDropoutSettings(CutConfig):

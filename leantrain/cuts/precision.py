@@ -54,18 +54,26 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
     return saved
 
 
-def use_matmul_attention(model: torch.nn.Module) -> bool:
-    """Switch a transformers model from fused (SDPA) to matmul ("eager") attention; True
-    if it switched. Models that cannot switch, or do not use SDPA, are left alone."""
+def set_attention(model: torch.nn.Module, implementation: str) -> bool:
+    """Switch a transformers model's attention implementation; True if it took. Models
+    without the switch (plain torch modules) or that refuse the implementation are left alone."""
     config = getattr(model, "config", None)
     setter = getattr(model, "set_attn_implementation", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa" or setter is None:
+    if config is None or setter is None:
         return False
     try:
-        setter("eager")
+        setter(implementation)
     except (ValueError, AttributeError):
         return False
-    return config._attn_implementation == "eager"
+    return getattr(config, "_attn_implementation", None) == implementation
+
+
+def use_matmul_attention(model: torch.nn.Module) -> bool:
+    """Switch a transformers model from fused (SDPA) to matmul ("eager") attention; True
+    if it switched. Models that do not use SDPA are left alone."""
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa":
+        return False
+    return set_attention(model, "eager")
 
 
 @register

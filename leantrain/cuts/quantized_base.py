@@ -27,6 +27,7 @@ from pydantic import Field
 
 from leantrain.cuts.base import Cut, CutConfig, register
 from leantrain.errors import DeviceError, UserError
+from leantrain.observe.accountant import inner_tensors
 
 KEY = "cuts.quantized_base"
 # Module names that must stay trainable or float: the adapters and PEFT's head copies.
@@ -44,10 +45,7 @@ class QuantizedBaseSettings(CutConfig):
 def stored_bytes(tensor: torch.Tensor) -> int:
     """Bytes a tensor really occupies: a quantized subclass counts its inner tensors
     (int data, scales), not ``numel * element_size`` of the float dtype it reports."""
-    if hasattr(tensor, "__tensor_flatten__"):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(stored_bytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
+    return sum(t.numel() * t.element_size() for t in inner_tensors([tensor]))
 
 
 def is_quantized(tensor: torch.Tensor) -> bool:
@@ -237,8 +235,6 @@ class QuantizedBase(Cut):
         if run.parallel.enabled and run.parallel.shard:
             raise UserError(f"{KEY}: cannot run with cuts.fsdp under torchrun (FSDP does not shard these quantized "
                             "weights); drop cuts.fsdp: each rank then holds the small quantized base whole")
-        if not hasattr(model, "peft_config"):
-            raise UserError(f"{KEY}: needs cuts.lora (only a frozen base can be stored quantized)")
         layers = frozen_linears(model)
         if not layers:
             raise UserError(f"{KEY}: the model has no frozen Linear layers to quantize")

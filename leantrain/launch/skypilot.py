@@ -187,7 +187,7 @@ def hourly_prices(spec: JobSpec) -> tuple[float, float] | None:
         return None
 
 
-def planned_cost(recipe, spec: JobSpec) -> dict | None:
+def planned_cost(recipe, spec: JobSpec) -> dict:
     """The planner's figures for the whole job: every device of every node billed, with
     DDP's or FSDP's communication over the catalog's links (``leantrain plan --nproc
     GPUS_PER_NODE --nodes N``); ``{"unavailable": why}`` when the planner cannot say."""

@@ -57,20 +57,20 @@ class SavedTensorCounter:
         return self._hooks.__exit__(*exc)
 
 
-def _inner_tensors(tensors):
+def inner_tensors(tensors):
     """Quantized tensor subclasses (torchao's int8, NF4) report a float dtype and no real
     storage of their own: what they hold is their inner tensors (int data, scales)."""
     for t in tensors:
         if hasattr(t, "__tensor_flatten__") and not hasattr(t, "to_local"):
             names, _ = t.__tensor_flatten__()
-            yield from _inner_tensors(getattr(t, name) for name in names)
+            yield from inner_tensors(getattr(t, name) for name in names)
         else:
             yield t
 
 
 def tensor_bytes(tensors) -> int:
     seen: dict[int, int] = {}
-    for t in _inner_tensors(tensors):
+    for t in inner_tensors(tensors):
         if torch.is_tensor(t) and t.device.type != "meta":
             ptr, size = _storage_key(t)
             seen[ptr] = size
