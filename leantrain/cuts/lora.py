@@ -69,7 +69,7 @@ class Lora(Cut):
     def on_save(self, model: torch.nn.Module, out_dir: Path, run) -> dict[str, str]:
         if not self.config.merge_on_save:
             return {}
-        from leantrain.cuts.quantized_base import dequantized_copy
+        from leantrain.models.low_bit import dequantized_copy
 
         merged = dequantized_copy(model).merge_and_unload()  # a quantized base merges as its float values
         target = Path(out_dir) / "merged"

@@ -18,7 +18,6 @@ trainable weights, never the quantized base.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Literal
 
@@ -27,7 +26,7 @@ from pydantic import Field
 
 from leantrain.cuts.base import Cut, CutConfig, register
 from leantrain.errors import DeviceError, UserError
-from leantrain.observe.accountant import inner_tensors
+from leantrain.models.low_bit import dequantize, is_quantized, stored_bytes
 
 KEY = "cuts.quantized_base"
 # Module names that must stay trainable or float: the adapters and PEFT's head copies.
@@ -42,47 +41,11 @@ class QuantizedBaseSettings(CutConfig):
     block_size: int = Field(64, ge=2, description="4-bit only: weights per NF4 block (one scale each); a layer's weight count must be a multiple.")
 
 
-def stored_bytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor really occupies: a quantized subclass counts its inner tensors
-    (int data, scales), not ``numel * element_size`` of the float dtype it reports."""
-    return sum(t.numel() * t.element_size() for t in inner_tensors([tensor]))
-
-
-def is_quantized(tensor: torch.Tensor) -> bool:
-    return hasattr(tensor, "__tensor_flatten__") or getattr(tensor, "quant_state", None) is not None \
-        or tensor.dtype in (torch.int8, torch.uint8)
-
-
 def frozen_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
     """The base's Linear layers: frozen weight, not an adapter or a copy of the head."""
     return [(name, module) for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
             and not is_quantized(module.weight) and not any(part in name for part in KEEP_FLOAT)]
-
-
-def _dense_weight(module: torch.nn.Linear) -> torch.Tensor:
-    if hasattr(module.weight, "__tensor_flatten__"):  # torchao int8 or NF4
-        return _dequantize(module.weight)
-    from peft.utils.integrations import dequantize_module_weight  # bitsandbytes
-
-    return dequantize_module_weight(module)
-
-
-def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` whose quantized Linear layers are plain float ``nn.Linear``
-    holding the dequantized weights: exactly the base the adapters trained on, in a form
-    PEFT can merge into and transformers can save. A model without quantized layers is
-    simply deep-copied."""
-    memo: dict[int, object] = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and is_quantized(module.weight):
-            plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
-            plain.weight = torch.nn.Parameter(_dense_weight(module).detach().clone(), requires_grad=False)
-            if module.bias is not None:
-                plain.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=module.bias.requires_grad)
-            plain.train(module.training)
-            memo[id(module)] = plain
-    return copy.deepcopy(model, memo)
 
 
 class _LinearOverFrozenLowBit(torch.autograd.Function):
@@ -98,24 +61,16 @@ class _LinearOverFrozenLowBit(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.weight, ctx.x_dtype = weight, x.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        return torch.nn.functional.linear(x, _dequantize(weight).to(x.dtype), bias)
+        return torch.nn.functional.linear(x, dequantize(weight).to(x.dtype), bias)
 
     @staticmethod
     def backward(ctx, grad):
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad.matmul(_dequantize(ctx.weight).to(grad.dtype)).to(ctx.x_dtype)
+            grad_x = grad.matmul(dequantize(ctx.weight).to(grad.dtype)).to(ctx.x_dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
         return grad_x, None, grad_bias
-
-
-def _dequantize(weight: torch.Tensor) -> torch.Tensor:
-    if hasattr(weight, "get_original_weight"):  # NF4
-        return weight.get_original_weight()
-    if hasattr(weight, "__tensor_flatten__"):  # int8
-        return weight.dequantize()
-    return weight  # a float weight standing in for one (the planner's meta model)
 
 
 class LowBitLinear(torch.nn.Linear):

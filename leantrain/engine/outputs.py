@@ -39,7 +39,7 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, st
             # The randomly initialised base exists nowhere else; without it the adapter is
             # unusable. Save it (adapters removed) next to the adapter, in model/base; a
             # quantized base (cuts.quantized_base) is saved as its dequantized float values.
-            from leantrain.cuts.quantized_base import dequantized_copy
+            from leantrain.models.low_bit import dequantized_copy
 
             dequantized_copy(model).unload().save_pretrained(out / "base")
     else:

@@ -16,7 +16,8 @@ import yaml
 from cuts_helpers import REPO, initial_state, make_cut, run_context, same_data, stored_snapshot
 from leantrain import train
 from leantrain.cuts import build_cuts
-from leantrain.cuts.quantized_base import QuantizedBase, dequantized_copy, frozen_linears
+from leantrain.cuts.quantized_base import QuantizedBase, frozen_linears
+from leantrain.models.low_bit import dequantized_copy
 from leantrain.errors import UserError
 from leantrain.recipe import Recipe
 
