@@ -71,8 +71,10 @@ def hf_model(recipe, labels: list[str], lora: bool = True):
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
-    cfg = recipe.cuts.lora
-    return get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type=TaskType.SEQ_CLS))
+    cfg = recipe.cuts.lora  # the recipe's LoRA settings, all of them
+    return get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type=TaskType.SEQ_CLS,
+                                            target_modules=cfg.target_modules, modules_to_save=cfg.modules_to_save,
+                                            layers_to_transform=cfg.layers))
 
 
 def run_leantrain(opts: dict) -> dict:
@@ -95,7 +97,8 @@ def run_leantrain(opts: dict) -> dict:
         "accuracy": summary["eval"].get("accuracy"),
         "accountant_peak_bytes": summary["peak_memory_bytes"],
         "accountant_method": summary["peak_memory_method"],
-        "evals": [{"step": e["step"], "wall_seconds": e["wall_seconds"], "accuracy": e["accuracy"]} for e in evals],
+        "evals": [{"step": e["step"], "wall_seconds": e["wall_seconds"], "train_seconds": e["train_seconds"], "accuracy": e["accuracy"]}
+                  for e in evals],
         "padded_token_fraction": summary.get("padded_token_fraction"),
     }
 
@@ -195,6 +198,10 @@ def run_hand(opts: dict) -> dict:
 
         swap_dropout_modules(model)
         use_fast_attention_dropout(model)
+    if recipe.cuts.frozen_prefix.enabled:  # the same prefix cache as the recipe's cut, by its public helper
+        from leantrain.cuts.frozen_prefix import install
+
+        install(model, recipe.cuts.frozen_prefix.blocks)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},

@@ -29,6 +29,9 @@ class LoraSettings(CutConfig):
     modules_to_save: list[str] | None = Field(
         None, description="Modules trained in full and saved with the adapter. Default: the task head (classifier/score)."
     )
+    layers: list[int] | None = Field(
+        None, description="Indices of the transformer blocks that get adapters. Default: every block. With `frozen_prefix`, the blocks above the prefix."
+    )
     merge_on_save: bool = Field(False, description="Also export a merged model (adapter folded into the base) to `model/merged`.")
 
 
@@ -59,6 +62,7 @@ class Lora(Cut):
             lora_dropout=cfg.dropout,
             target_modules=cfg.target_modules,
             modules_to_save=cfg.modules_to_save,
+            layers_to_transform=cfg.layers,
             task_type=task_type,
         )
         try:

@@ -42,6 +42,8 @@ class MetricsLog:
         record = {"step": state.step, "epoch": state.epoch, "wall_seconds": round(wall, 3), **event}
         if event.get("event") == "train":
             record.update(self._progress(state))
+        elif event.get("event") == "eval":  # what reaching this quality cost in training time
+            record["train_seconds"] = round(state.train_seconds, 3)
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         for sink in self.sinks:

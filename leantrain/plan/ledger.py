@@ -6,9 +6,12 @@ projected total at the current pace, the achieved FLOP/s and MFU against the dev
 peak, the share of paid time spent waiting for data ("ghost compute") and CPU/RAM (and
 GPU, where NVML is present) utilization; summary.json carries the final figures.
 
-FLOPs are counted once, on the first optimizer step of the process, with
-``FlopCounterMode`` on the real model, and scaled by samples seen after that (batches
-differ in length, so MFU is approximate to that extent). Like the memory accountant, the
+FLOPs are counted with ``FlopCounterMode`` on the real model on the first optimizer step
+of each epoch (and of a resumed process), and that step's FLOPs per sample are charged
+to every sample until the next count: the work per sample can change between epochs
+(a frozen prefix computed in the first epoch and read from a cache after it), while
+batches within an epoch differ only in length, so MFU is approximate to that extent.
+``flops_per_sample`` in the summary is the first count, the one the planner predicts. Like the memory accountant, the
 ledger is a run instrument riding in the cut stack, not a recipe cut.
 """
 from __future__ import annotations
@@ -59,6 +62,10 @@ class CostLedger(Cut):
         self.peak: float | None = None
         self._counter: FlopCounterMode | None = None
         self._samples_before = 0
+        self.flops_done = 0.0  # FLOPs of all samples trained on, at each epoch's counted rate
+        self._rate: float | None = None
+        self._counted_epoch: int | None = None
+        self._samples_charged = 0
         self._process = None
 
     @classmethod
@@ -73,11 +80,12 @@ class CostLedger(Cut):
         self.peak = device_peak_flops(run.device, self.hardware_name, self.dtype)
 
     def forward_context(self, run):
-        # Count the FLOPs of the first training step (all its micro-batches, forward and
-        # backward): start here, stop when its gradients are complete.
+        # Count the FLOPs of each epoch's first training step (all its micro-batches,
+        # forward and backward): start here, stop when its gradients are complete.
         # (Only a forward that will be trained on: not evaluation, not a no-grad check.)
-        if run.model.training and torch.is_grad_enabled() and self.flops_per_sample is None and self._counter is None:
-            self._samples_before = run.state.samples_seen
+        epoch = run.state.epoch
+        if run.model.training and torch.is_grad_enabled() and self._counted_epoch != epoch and self._counter is None:
+            self._samples_before, self._counted_epoch = run.state.samples_seen, epoch
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
         return contextlib.nullcontext()
@@ -93,11 +101,22 @@ class CostLedger(Cut):
         self._step_flops = self._stop_counting()
 
     def on_step_end(self, run) -> None:
-        flops = getattr(self, "_step_flops", None)
-        if flops is not None and self.flops_per_sample is None:
-            samples = run.state.samples_seen - self._samples_before
-            self.flops_per_sample = flops / samples if samples else None
+        flops, seen = getattr(self, "_step_flops", None), run.state.samples_seen
+        if flops is not None:
+            samples = seen - self._samples_before
+            self._rate = flops / samples if samples else self._rate
+            if self.flops_per_sample is None:
+                self.flops_per_sample = self._rate
             self._step_flops = None
+        self.flops_done += (self._rate or 0.0) * (seen - self._samples_charged)
+        self._samples_charged = seen
+
+    def state_dict(self) -> dict:
+        return {"flops_done": self.flops_done, "samples_charged": self._samples_charged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flops_done = float(state.get("flops_done", 0.0))
+        self._samples_charged = int(state.get("samples_charged", 0))
 
     def on_fit_end(self, run) -> bool:
         self._stop_counting()  # a run stopped mid-step must not leave the counter active
@@ -115,8 +134,8 @@ class CostLedger(Cut):
             "price_per_hour": self.price_per_hour, "devices": devices,
             "data_wait_fraction": round(state.data_wait_seconds / seconds, 4) if seconds else 0.0,
         }
-        if self.flops_per_sample and seconds:
-            achieved = self.flops_per_sample * state.samples_seen / seconds
+        if self.flops_done and seconds:
+            achieved = self.flops_done / seconds
             out["achieved_flops_per_second"] = round(achieved)
             out["mfu"] = round(achieved / (self.peak * devices), 5) if self.peak else None
         return out

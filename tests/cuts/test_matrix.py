@@ -22,9 +22,9 @@ CARDS = REPO / "docs" / "cuts"
 MEASURED_LINE = "(measured by `leantrain ablate` on the demo: see docs/ablate.md)"  # bench/cut_cards.py writes it
 
 # Recipe value that enables a cut alone; ``True`` (its defaults) unless listed here.
-ALONE = {"precision": "bf16"}
+ALONE = {"precision": "bf16", "frozen_prefix": 1}  # the tiny models have 2 blocks
 # Non-default settings for the run with every cut at once: make each one do the most.
-TOGETHER = {"precision": {"dtype": "bf16", "frozen_dtype": "bf16"}, "grad_accumulation": 2}
+TOGETHER = {"precision": {"dtype": "bf16", "frozen_dtype": "bf16"}, "grad_accumulation": 2, "frozen_prefix": 1}
 
 
 @pytest.fixture
