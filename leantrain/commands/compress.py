@@ -10,7 +10,8 @@ def register(subparsers) -> dict:
     parser.add_argument("run_dir", help="a finished leantrain run directory (with model/)")
     parser.add_argument("--output", required=True, help="folder for model/ (safetensors) and compress.json")
     parser.add_argument("--quantize", choices=QUANTIZE,
-                        help="int8: dynamic int8 (fast on CPU); int8-weight / int4-weight: weight-only (torchao)")
+                        help="int8: dynamic int8, inputs SmoothQuant-smoothed per layer from training batches (fast on CPU); "
+                             "int8-weight / int4-weight: weight-only (torchao)")
     parser.add_argument("--prune", metavar="KIND:FRACTION",
                         help="ffn:0.3 (FFN neurons), heads:0.25 (attention heads) or magnitude:0.5 (single weights)")
     parser.add_argument("--importance", choices=("activation", "weight"), default="activation",

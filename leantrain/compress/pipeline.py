@@ -104,6 +104,23 @@ def _prune(model, spec: PruneSpec, data, importance: str) -> dict:
     return shrink(model, spec.fraction, importance=importance, batches=calibration)
 
 
+def _smoothing(model, data) -> tuple[dict, dict]:
+    """SmoothQuant calibration of ``model`` on training batches (never the eval split), and its summary."""
+    from leantrain.compress.smoothquant import ALPHAS, calibrate, eight_bit_activations_exact
+
+    loader = data.batches(data.train_examples)
+    batches = [batch for _, batch in zip(range(CALIBRATION_BATCHES), loader)]
+    chosen = calibrate(model, batches)
+    smoothed = {name: c["alpha"] for name, c in chosen.items() if c["alpha"] > 0}
+    summary = {"method": "smoothquant, per-layer alpha by calibration error", "alphas_tried": list(ALPHAS),
+               "calibration_split": "train", "calibration_examples": sum(len(b["input_ids"]) for b in batches),
+               "calibration_batches": len(batches), "activation_bits": 8 if eight_bit_activations_exact() else 7,
+               "smoothed_layers": len(smoothed), "linear_layers": len(chosen), "alpha_by_layer": smoothed,
+               "calibration_error": round(sum(c["error"] for c in chosen.values()) / len(chosen), 8),
+               "calibration_error_unsmoothed": round(sum(c["error_unsmoothed"] for c in chosen.values()) / len(chosen), 8)}
+    return chosen, summary
+
+
 def measure_pair(before, after, data, latency_batch_size: int = 32, repeats: int = 15) -> dict:
     """Linear-weight bytes, side-by-side latency and eval metrics of two models, with ratios."""
     inputs = latency_batch(data, latency_batch_size)
@@ -160,8 +177,11 @@ def compress(run_dir: str | Path, output: str | Path, *, quantize: str | None = 
             steps["recovery"] = _recover(after, parsed, data, out, recover_epochs, recover_lr)
         after = after.float().eval()
     if quantize:
-        after = quantize_model(after, quantize)
         steps["quantize"] = {"method": quantize}
+        smoothing = None
+        if quantize == "int8":
+            smoothing, steps["quantize"]["smoothing"] = _smoothing(after, data)
+        after = quantize_model(after, quantize, smoothing=smoothing)
 
     saved_meta = {k: meta.get(k) for k in ("task", "labels", "max_length", "base_model")}
     model_dir = save_compressed(after, out / "model", {**saved_meta, "adapter": False, "compressed_from": str(run_dir)},

@@ -5,6 +5,8 @@ Methods (``METHODS``):
   quantized on the fly, through ``torch.ao.quantization.quantize_dynamic``. Its fbgemm
   /onednn kernels make it the fast path on CPU (torchao's int8 tensor subclasses run
   slower than fp32 on CPU without ``torch.compile``, measured in bench/compress.py's run).
+  Given a calibration from :func:`leantrain.compress.smoothquant.calibrate` (training
+  batches), each Linear's inputs are SmoothQuant-smoothed with a per-layer alpha.
 - ``int8-weight``: weight-only int8 through torchao (``Int8WeightOnlyConfig``): 4x smaller
   weights, activations stay float.
 - ``int4-weight``: weight-only int4 in groups of 32 through torchao
@@ -12,7 +14,8 @@ Methods (``METHODS``):
   package; on CPU the weights are held unpacked in int8 memory and dequantized per call,
   so this saves file size (two values per byte on disk), not memory or time.
 
-Quantized weights are written as their integer data plus scales (and zero points), so
+Quantized weights are written as their integer data plus scales (and zero points), and
+smoothed int8 layers their input scale ``1/s`` (``*.smooth_inv_scale``), so
 the file really holds int8 (or packed int4) data; :func:`load_quantized_state` puts them
 back bit for bit.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from leantrain.compress.smoothquant import quantize_smoothed
 from leantrain.errors import DeviceError, UserError
 
 METHODS = ("int8", "int8-weight", "int4-weight")
@@ -45,21 +49,21 @@ def _torchao():
     return tq
 
 
-def quantize_model(model: nn.Module, method: str) -> nn.Module:
-    """Quantize every Linear of a float model in place (``int8`` returns a new module tree)."""
+def quantize_model(model: nn.Module, method: str, smoothing: dict | None = None) -> nn.Module:
+    """Quantize every Linear of a float model in place (``int8`` returns a new module tree).
+
+    ``smoothing`` (``int8`` only): per-Linear alphas and scales from ``smoothquant.calibrate``.
+    """
     if method not in METHODS:
         raise UserError(f"--quantize {method!r}: use one of {', '.join(METHODS)}")
+    if smoothing and method != "int8":
+        raise UserError(f"--quantize {method}: activation smoothing applies to int8 (dynamic activations) only")
     model = model.float().eval()
     if method == "int8":
         engines = torch.backends.quantized.supported_engines
         if not any(e in engines for e in ("fbgemm", "x86", "onednn", "qnnpack")):
             raise DeviceError(f"int8 dynamic quantization needs a quantized CPU engine; this build has {engines}")
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's move-to-torchao notice
-            return torch.ao.quantization.quantize_dynamic(
-                model, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, inplace=False)
+        return quantize_smoothed(model, smoothing)
     tq = _torchao()
     if method == "int8-weight":
         config = tq.Int8WeightOnlyConfig()
@@ -106,6 +110,8 @@ def quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
             state[f"{name}.qzero_point"] = weight.q_per_channel_zero_points().to(torch.int32)
             if module.bias() is not None:
                 state[f"{name}.bias"] = module.bias().detach()
+            if getattr(module, "smooth_inv_scale", None) is not None:
+                state[f"{name}.smooth_inv_scale"] = module.smooth_inv_scale
         else:
             weight = module.weight
             int4 = getattr(weight, "target_dtype", None) == torch.int4
@@ -133,6 +139,8 @@ def load_quantized_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             weight = torch._make_per_channel_quantized_tensor(
                 qweight, scale.double(), state[f"{name}.qzero_point"].long(), axis=0)
             module.set_weight_bias(weight, bias)
+            if f"{name}.smooth_inv_scale" in state:
+                module.smooth_inv_scale = state[f"{name}.smooth_inv_scale"].float().clone()
             continue
         weight = module.weight
         if getattr(weight, "target_dtype", None) == torch.int4:
@@ -145,7 +153,7 @@ def load_quantized_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             module.bias.copy_(bias)
     linear_names = set(quantized_linears(model))
     plain = {k: v for k, v in state.items()
-             if not k.endswith((".qweight", ".qscale", ".qzero_point")) and k.removesuffix(".bias") not in linear_names}
+             if not k.endswith((".qweight", ".qscale", ".qzero_point", ".smooth_inv_scale")) and k.removesuffix(".bias") not in linear_names}
     # Set by name: the quantized modules' own state-dict loaders expect keys this format
     # does not write (their packed parameters were restored above).
     targets = dict([*model.named_parameters(), *model.named_buffers()])
@@ -165,6 +173,8 @@ def linear_payload_bytes(model: nn.Module) -> int:
             weight = module.weight()
             total += weight.numel() * weight.element_size()
             total += weight.q_per_channel_scales().numel() * 4 + weight.q_per_channel_zero_points().numel() * 4
+            smooth = getattr(module, "smooth_inv_scale", None)
+            total += 0 if smooth is None else smooth.numel() * smooth.element_size()
         elif isinstance(module, nn.Linear):
             weight = module.weight
             if hasattr(weight, "qdata"):

@@ -25,10 +25,15 @@ def test_prune_and_quantize_writes_model_and_report(tiny_run, tmp_path):
     assert report["linear_weight_bytes_after"] * 3 < report["linear_weight_bytes_before"]
     assert report["steps"]["prune"]["ffn_neurons_after"] < report["steps"]["prune"]["ffn_neurons_before"]
     assert report["steps"]["recovery"]["steps"] > 0
+    smoothing = report["steps"]["quantize"]["smoothing"]
+    assert smoothing["calibration_split"] == "train" and smoothing["calibration_examples"] > 0
 
     model, tokenizer, meta = load_compressed(out / "model")
     assert meta["compressed"]["quantize"] == "int8"
     assert model.config.intermediate_size == report["steps"]["prune"]["ffn_neurons_after"]
+    # The saved model holds a smoothing vector on exactly the layers calibration smoothed.
+    smoothed = {name for name, m in model.named_modules() if getattr(m, "smooth_inv_scale", None) is not None}
+    assert smoothed and smoothed == set(smoothing["alpha_by_layer"])
     # The saved model is the measured one: its eval matches the report's "after".
     assert evaluate(model, eval_data(run_recipe(tiny_run), tokenizer)) == report["eval_after"]
 
