@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test bench clean browser
+.PHONY: demo test bench bench-cuts clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,12 +42,17 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+# The comparisons against the alternatives (docs/benchmarks.md): about 23 minutes here.
 bench: $(STAMP) data/demo/fortunes.csv
+	$(BIN)/python bench/vs_hf.py --steps 98 --rounds 3 --fullft-rounds 3
+
+# What each cut and component buys on its own: the ablation ladder, data pipeline,
+# planner accuracy, compression and the dropout kernel (about 20 minutes).
+bench-cuts: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/demo_cuts.py --steps 30
 	$(BIN)/python bench/bucketing.py --steps 24
 	$(BIN)/python bench/data_cache.py
 	$(BIN)/python bench/prefetch.py --steps 8
-	$(BIN)/python bench/vs_hf.py --steps 30 --rounds 3 --fullft-rounds 3
 	$(BIN)/python bench/planner_accuracy.py
 	$(BIN)/python bench/compress.py
 	$(BIN)/python bench/fast_dropout.py

@@ -24,7 +24,7 @@ from leantrain.compress.pipeline import _plain, measure_pair
 
 def ensure_run(run_dir: str, recipe: str) -> None:
     """Train ``recipe`` into ``run_dir`` unless it already holds a saved model, so that
-    `make bench` works on a fresh clone (the teacher is the demo run, the student its
+    `make bench-cuts` works on a fresh clone (the teacher is the demo run, the student its
     distilled 3-block version)."""
     if (Path(run_dir) / "model" / "leantrain.json").is_file():
         return
@@ -86,7 +86,7 @@ def main() -> None:
         else:
             reports["distill"] = student_report(args.run, args.student, args.recipe, args.batch, args.repeats)
     if "prune" in wanted:
-        reports["prune"] = compress(args.run, out / "ffn30", prune="ffn:0.3", recover_epochs=1.0, **common)
+        reports["prune"] = compress(args.run, out / "ffn30", prune="ffn:0.3", recover_epochs=2.0, **common)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
 

@@ -1,6 +1,6 @@
 """What each cut saves on the demo: `leantrain ablate` on examples/demo.yaml.
 
-Kept as the `make bench` entry point; the ladder itself (baseline, cuts added one at a
+Kept as the `make bench-cuts` entry point; the ladder itself (baseline, cuts added one at a
 time, each cut alone, every rung in a fresh process) lives in leantrain/ablate/. Run
 from the repo root after `make demo` prepared the data:
 

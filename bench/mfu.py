@@ -4,9 +4,9 @@ Why measured, not looked up: a shared 2-vCPU VM has no datasheet peak, and what 
 is how much of the achievable matmul rate the training run turns into useful work.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the real demo
-model (LoRA, bf16 autocast) for the exact batches the speed phase trained on (the first
-``steps`` batches of epoch 0), forward + backward. For the whole recipe (every epoch) the
-count per padded token slot of those batches is scaled to the recipe's token slots.
+model (its cuts, bf16 autocast) for every batch of the recipe in training order, forward
++ backward: the first ``steps`` are what the speed phase trained on, all of them the
+whole recipe.
 The peak is the best of several large square matmuls, in bf16 and in fp32, timed in this
 process with the same thread count as the runs.
 """
@@ -35,11 +35,12 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 7) -> float
 
 
 def demo_step_flops(steps: int, threads: int | None) -> dict:
-    """FLOPs of the first ``steps`` training batches of the demo, and the token slots of
-    those batches and of the whole recipe."""
+    """FLOPs of every training batch of the demo recipe, forward + backward, in order:
+    the first ``steps`` of them (the speed phase's runs) and all of them (the whole
+    recipe). Counted batch by batch, not extrapolated from the first ones: with a frozen
+    prefix the first epoch computes the prefix and later epochs read it from the cache."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from leantrain.data.batching import epoch_order
     from leantrain.engine.loop import move_to_device
     from leantrain.engine.run import as_recipe
     from leantrain.engine.session import build_session
@@ -47,26 +48,22 @@ def demo_step_flops(steps: int, threads: int | None) -> dict:
     recipe = as_recipe(str(Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"),
                        ["output.save_model=false"] + ([f"train.threads={threads}"] if threads else []))
     session = build_session(recipe)
-    run, cfg = session.run, recipe.train
-    flops, slots = 0, 0
-    for step, (indices, batch) in enumerate(session.batches_from(0, 0)):
-        if step >= steps:
-            break
-        batch = move_to_device(batch, run.device)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            with session.cuts.forward_context(run):
-                loss = session.task.example_losses(run.model, batch).sum()
-            loss.backward()
-        run.optimizer.zero_grad(set_to_none=True)
-        flops += counter.get_total_flops()
-        slots += batch["input_ids"].numel()
-    recipe_slots = 0
-    for epoch in range(int(cfg.epochs)):
-        for b in epoch_order(len(session.train_examples), cfg.batch_size, cfg.seed, epoch, session.lengths, cfg.bucket_by_length):
-            recipe_slots += max(session.lengths[i] for i in b) * len(b)
-    return {"steps": steps, "flops": flops, "token_slots": slots, "flops_per_token_slot": flops / slots,
-            "recipe_token_slots": recipe_slots, "recipe_flops": flops / slots * recipe_slots}
+    run = session.run
+    per_batch, slots = [], []
+    for epoch in range(int(recipe.train.epochs)):
+        for _, batch in session.batches_from(epoch, 0):
+            batch = move_to_device(batch, run.device)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                with session.cuts.forward_context(run):
+                    loss = session.task.example_losses(run.model, batch).sum()
+                loss.backward()
+            run.optimizer.zero_grad(set_to_none=True)
+            per_batch.append(counter.get_total_flops())
+            slots.append(batch["input_ids"].numel())
+    flops = sum(per_batch[:steps])
+    return {"steps": steps, "flops": flops, "token_slots": sum(slots[:steps]), "flops_per_token_slot": flops / sum(slots[:steps]),
+            "recipe_token_slots": sum(slots), "recipe_flops": sum(per_batch)}
 
 
 def phase_mfu(threads: int | None) -> dict:

@@ -30,7 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 SPEED_CONTENDERS = ["leantrain", "hf-best", "hf-tutorial", "hand", "leantrain-native-dropout"]
-FULL_FINE_TUNE = ["cuts.lora=false", "cuts.precision=false", "train.lr=5e-5"]  # the usual full-FT learning rate
+# The full fine-tune baseline, as `leantrain ablate` defines its baseline: fp32, every weight
+# trained at the usual full-FT rate (5e-5), none of the cost cuts (length bucketing and the
+# fast dropout kernel included). ``--fullft-baseline data-cuts`` keeps those two on.
+MODEL_CUTS_OFF = ["cuts.frozen_prefix=false", "cuts.lora=false", "cuts.precision=false", "train.lr=5e-5"]
+FULL_FINE_TUNE = {"no-cuts": MODEL_CUTS_OFF + ["cuts.fast_dropout=false", "train.bucket_by_length=false"],
+                  "data-cuts": MODEL_CUTS_OFF}
 
 
 def machine() -> dict:
@@ -125,7 +130,8 @@ def phase_fullft(args) -> dict:
 
     price = as_recipe(str(REPO / "examples" / "demo.yaml")).hardware.price_per_hour
     base = {"eval_every": args.eval_every, **({"epochs": args.epochs} if args.epochs else {})}
-    configs = {"full fine-tune fp32": FULL_FINE_TUNE + thread_sets(args.threads), "demo recipe": thread_sets(args.threads)}
+    configs = {"full fine-tune fp32": FULL_FINE_TUNE[args.fullft_baseline] + thread_sets(args.threads),
+               "demo recipe": thread_sets(args.threads)}
     rounds = []
     for r in range(args.fullft_rounds):
         order = list(configs) if r % 2 == 0 else list(configs)[::-1]
@@ -144,7 +150,8 @@ def phase_fullft(args) -> dict:
                           "final_accuracy": {n: run["accuracy"] for n, run in runs.items()},
                           "total_train_seconds": {n: run["train_seconds"] for n, run in runs.items()}})
     fractions = [p["demo_dollar_fraction"] for p in per_round if p["demo_dollar_fraction"] is not None]
-    return {"price_per_hour": price, "eval_every": args.eval_every, "rounds": rounds, "per_round": per_round,
+    return {"price_per_hour": price, "eval_every": args.eval_every, "baseline": args.fullft_baseline,
+            "baseline_overrides": FULL_FINE_TUNE[args.fullft_baseline], "rounds": rounds, "per_round": per_round,
             "median_demo_dollar_fraction": statistics.median(fractions) if fractions else None}
 
 
@@ -161,6 +168,8 @@ def main() -> None:
                         help="whole-recipe runs (the tutorial configuration takes ~6x as long; add hf-tutorial to include it)")
     parser.add_argument("--eval-every", type=int, default=25, help="fullft: evaluate every N steps")
     parser.add_argument("--fullft-rounds", type=int, default=1)
+    parser.add_argument("--fullft-baseline", choices=sorted(FULL_FINE_TUNE), default="no-cuts",
+                        help="fullft: the baseline without any cut (as `leantrain ablate`), or keeping length bucketing and fast dropout")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in every contender (default: torch's own); 1 avoids OpenMP stalls on a busy machine")
     parser.add_argument("--no-docs", action="store_true", help="do not re-render docs/benchmarks.md")

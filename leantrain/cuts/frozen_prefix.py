@@ -45,6 +45,7 @@ class PrefixCache:
         self.rows: dict[bytes, torch.Tensor] = {}
         self.limit_bytes, self.dtype = limit_bytes, dtype
         self.bytes = self.hits = self.misses = 0
+        self.computed_dtype: torch.dtype | None = None  # what the prefix outputs; cached rows are widened back to it
 
     @staticmethod
     def keys(input_ids: torch.Tensor, mask: torch.Tensor, token_types: torch.Tensor | None) -> list[bytes]:
@@ -55,7 +56,9 @@ class PrefixCache:
                 for i in range(ids.shape[0])]
 
     def store(self, key: bytes, row: torch.Tensor) -> None:
-        row = row.detach().to(self.dtype or row.dtype).clone()
+        self.computed_dtype = row.dtype
+        with torch.inference_mode(False):  # a row first seen under inference mode must still serve training
+            row = row.detach().to(self.dtype or row.dtype).clone()
         size = row.numel() * row.element_size()
         if self.bytes + size <= self.limit_bytes:
             self.rows[key] = row
@@ -132,9 +135,9 @@ class PrefixRunner:
             index = torch.tensor(missing, device=input_ids.device)
             sub = {k: (v.index_select(0, index) if torch.is_tensor(v) and v.shape[:1] == input_ids.shape[:1] else v) for k, v in named.items()}
             fresh = self.compute(sub)
-        dtype = fresh.dtype if fresh is not None else next(iter(self.cache.rows.values())).dtype
-        out = torch.zeros(*input_ids.shape, (fresh if fresh is not None else next(iter(self.cache.rows.values()))).shape[-1],
-                          dtype=dtype, device=input_ids.device)
+        width = (fresh if fresh is not None else self.cache.rows[keys[0]]).shape[-1]
+        dtype = fresh.dtype if fresh is not None else self.cache.computed_dtype
+        out = torch.zeros(*input_ids.shape, width, dtype=dtype, device=input_ids.device)
         keep = mask.bool()
         position = {i: j for j, i in enumerate(missing)}
         for i, key in enumerate(keys):

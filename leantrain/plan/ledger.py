@@ -160,6 +160,7 @@ class CostLedger(Cut):
     def summary_fields(self, run) -> dict:
         return {**self.figures(run), "price_source": self.price_source,
                 "flops_per_sample": round(self.flops_per_sample) if self.flops_per_sample else None,
+                "flops_counted": round(self.flops_done),
                 "peak_flops_per_device": self.peak}
 
 

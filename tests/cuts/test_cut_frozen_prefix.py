@@ -111,3 +111,18 @@ def test_a_run_computes_each_example_once_and_still_learns(cut_recipe):
     assert note["hits"] > 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["eval"]["accuracy"] > 0.6
+
+
+def test_rows_cached_under_inference_mode_train_and_bf16_rows_widen_back(tiny_bert_dir):
+    model = _bert(tiny_bert_dir)
+    runner, _ = install(model, 1, store_dtype="bf16")
+    batch = _batch(tiny_bert_dir, TEXTS)
+    with torch.inference_mode():
+        model(**batch)                                       # an evaluation fills the cache
+    assert {row.dtype for row in runner.cache.rows.values()} == {torch.bfloat16}
+    seen = []
+    runner.blocks[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    model.train()
+    model(**batch, labels=torch.tensor([0, 1, 2])).loss.backward()   # all hits, with autograd
+    assert runner.cache.hits == 3 and seen == [torch.float32]
+    assert model.classifier.weight.grad is not None

@@ -40,3 +40,15 @@ def test_explicit_price_wins_over_the_catalog(tiny_recipe):
     summary = train(tiny_recipe, show_progress=False).summary
     assert summary["price_per_hour"] == 7.0
     assert abs(summary["cost_usd"] - 7.0 * summary["train_seconds"] / 3600) < 1e-5
+
+
+def test_flops_are_recounted_each_epoch_when_the_work_per_sample_changes(tiny_recipe):
+    # With a frozen prefix the first epoch computes it and later epochs read it from the
+    # cache: charging every sample at the first step's rate would overstate MFU.
+    tiny_recipe["cuts"] = {"lora": {"layers": [1]}, "frozen_prefix": 1}
+    tiny_recipe["train"]["epochs"] = 3
+    summary = train(tiny_recipe, show_progress=False).summary
+    at_first_rate = summary["flops_per_sample"] * summary["samples_seen"]
+    assert 0 < summary["flops_counted"] < 0.95 * at_first_rate  # the first step alone would give exactly at_first_rate
+    expected_mfu = summary["flops_counted"] / summary["train_seconds"] / summary["peak_flops_per_device"]
+    assert abs(summary["mfu"] - expected_mfu) <= 0.02 * expected_mfu + 1e-5
