@@ -44,7 +44,7 @@ def test_exploding_learning_rate_fails_the_overfit_check_with_the_reason(tmp_pat
     data = write_csv(tmp_path / "d.csv", make_topic_rows(64))
     done = smoke(str(REPO / "examples/demo.yaml"), "--set", f"data.train={data}",
                  "--set", f"model.name_or_path={tiny_bert_dir}", "--set", "model.from_scratch=true",
-                 "--set", "cuts.lora=false", "--set", "train.lr=1e4")
+                 "--set", "cuts.lora=false", "--set", "cuts.frozen_prefix=false", "--set", "train.lr=1e4")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "[FAIL] overfit one batch" in done.stdout
     err = done.stderr.strip().splitlines()

@@ -41,8 +41,14 @@ class Setup:
         cuts = recipe.enabled_cuts()
         precision = cuts.get("precision")
         accumulation = cuts.get("grad_accumulation")
+        lora = cuts.get("lora")
+        if lora is not None and lora.layers is not None:
+            # Planned with adapters on every block: the planner measures a reduced-depth
+            # model and scales per block, so it cannot place adapters on chosen blocks.
+            # An upper bound for adapter memory and FLOPs; planner.py says so in its notes.
+            lora = lora.model_copy(update={"layers": None})
         return cls(
-            lora=cuts.get("lora"), checkpointing=cuts.get("gradient_checkpointing"),
+            lora=lora, checkpointing=cuts.get("gradient_checkpointing"),
             dtype=precision.dtype if precision else None, frozen_dtype=precision.frozen_dtype if precision else None,
             micro_batch=recipe.train.batch_size, accumulation=accumulation.steps if accumulation else 1,
             quantized_base=cuts.get("quantized_base") if cuts.get("lora") else None,

@@ -154,6 +154,10 @@ def plan(recipe, gpus: list[str] | None = None, spot: bool = False, price_per_ho
     layout = inputs.layout
     skipped = sorted(set(recipe.enabled_cuts()) - set(MODELED_CUTS))
     notes = list(inputs.workload.notes)
+    lora = recipe.enabled_cuts().get("lora")
+    if lora is not None and lora.layers is not None:
+        notes.append(f"lora.layers {lora.layers}: planned with adapters on every block (an upper bound for adapter "
+                     "memory, FLOPs and backward depth)")
     if skipped:
         notes.append(f"cuts the planner does not model (their effect on a step's memory and FLOPs is not included): "
                      f"{', '.join(skipped)}")

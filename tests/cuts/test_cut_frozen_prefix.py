@@ -85,9 +85,13 @@ def test_a_decoder_with_a_final_norm_keeps_its_logits(tiny_llama_dir):
     batch = _batch(tiny_llama_dir, TEXTS)
     with torch.no_grad():
         reference = model(**batch).logits
+        prompt = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        generated = model.generate(**prompt, max_new_tokens=4, do_sample=False)
         runner, _ = install(model, 1)
         model(**batch)
         cached = model(**batch).logits
+        # Generation decodes with a KV cache, which must hold the prefix blocks too: it bypasses the cache.
+        assert torch.equal(model.generate(**prompt, max_new_tokens=4, do_sample=False), generated)
     assert runner.cache.hits == 3
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(cached[mask], reference[mask], atol=1e-5, rtol=1e-5)
