@@ -154,9 +154,10 @@ class PrefixRunner:
         bound = self.signature.bind(*args, **kwargs)
         named = {k: v for k, v in bound.arguments.items() if k != "kwargs"}
         named.update(bound.arguments.get("kwargs", {}))
-        if named.get("input_ids") is None or named.get("inputs_embeds") is not None or named.get("past_key_values") is not None:
-            # Embeddings given directly, or incremental decoding (its KV cache must hold the
-            # prefix blocks' keys too): the model's own forward, whole.
+        decoding = named.get("past_key_values") is not None or named.get("use_cache") is True
+        if named.get("input_ids") is None or named.get("inputs_embeds") is not None or decoding:
+            # Embeddings given directly, or generation (its KV cache must hold the prefix
+            # blocks' keys too): the model's own forward, whole.
             return self.original_forward(*args, **kwargs)
         if named.get("position_ids") is not None:
             raise UserError(f"{KEY}: batches with position_ids (data.pack) are not supported; turn one of them off")
