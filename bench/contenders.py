@@ -201,7 +201,8 @@ def run_hand(opts: dict) -> dict:
     if recipe.cuts.frozen_prefix.enabled:  # the same prefix cache as the recipe's cut, by its public helper
         from leantrain.cuts.frozen_prefix import install
 
-        install(model, recipe.cuts.frozen_prefix.blocks)
+        prefix = recipe.cuts.frozen_prefix
+        install(model, prefix.blocks, prefix.max_cache_mb * 2**20, prefix.store_dtype)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},

@@ -34,7 +34,7 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 7) -> float
     return 2 * size**3 / best
 
 
-def demo_step_flops(steps: int, threads: int | None) -> dict:
+def recipe_flops_by_batch(steps: int, threads: int | None) -> dict:
     """FLOPs of every training batch of the demo recipe, forward + backward, in order:
     the first ``steps`` of them (the speed phase's runs) and all of them (the whole
     recipe). Counted batch by batch, not extrapolated from the first ones: with a frozen
@@ -73,7 +73,7 @@ def phase_mfu(threads: int | None) -> dict:
     result: dict = {"torch_threads": torch.get_num_threads(), "matmul_peak_flops": peaks}
     speed_file, accuracy_file = RESULTS / "speed.json", RESULTS / "accuracy.json"
     steps = json.loads(speed_file.read_text())["steps"] if speed_file.exists() else 20
-    counted = demo_step_flops(steps, threads)
+    counted = recipe_flops_by_batch(steps, threads)
     result["flops"] = counted
     runs = []
     if speed_file.exists():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 SECTIONS = {
@@ -164,10 +165,8 @@ def fullft_section(fullft: dict, other: dict | None = None) -> str:
               else "The demo recipe did not reach the target in any round.", ""]
     reached = [p["reach"] for p in fullft["per_round"] if all(p["reach"][n]["reached"] for n in p["reach"])]
     if reached:
-        def middle(values):
-            return sorted(values)[len(values) // 2]
-        steps = middle([r["demo recipe"]["step"] / r["full fine-tune fp32"]["step"] for r in reached])
-        per_step = middle([(r["full fine-tune fp32"]["train_seconds"] / r["full fine-tune fp32"]["step"])
+        steps = statistics.median([r["demo recipe"]["step"] / r["full fine-tune fp32"]["step"] for r in reached])
+        per_step = statistics.median([(r["full fine-tune fp32"]["train_seconds"] / r["full fine-tune fp32"]["step"])
                            / (r["demo recipe"]["train_seconds"] / r["demo recipe"]["step"]) for r in reached])
         lines += [f"Where the ratio comes from (medians): the demo needs {steps:.2f}x the full fine-tune's steps to reach the "
                   f"target, and its steps up to then cost 1/{per_step:.1f} of a full fine-tune step each. The demo's time "

@@ -30,12 +30,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 SPEED_CONTENDERS = ["leantrain", "hf-best", "hf-tutorial", "hand", "leantrain-native-dropout"]
-# The full fine-tune baseline, as `leantrain ablate` defines its baseline: fp32, every weight
-# trained at the usual full-FT rate (5e-5), none of the cost cuts (length bucketing and the
-# fast dropout kernel included). ``--fullft-baseline data-cuts`` keeps those two on.
-MODEL_CUTS_OFF = ["cuts.frozen_prefix=false", "cuts.lora=false", "cuts.precision=false", "train.lr=5e-5"]
-FULL_FINE_TUNE = {"no-cuts": MODEL_CUTS_OFF + ["cuts.fast_dropout=false", "train.bucket_by_length=false"],
-                  "data-cuts": MODEL_CUTS_OFF}
+# The full fine-tune baselines. "no-cuts" is `leantrain ablate`'s baseline rung for the
+# demo recipe (fp32, every weight at the usual full-FT rate, every cost cut off, length
+# bucketing and the fast dropout kernel included), derived so a cut added to the recipe
+# is turned off here too; "data-cuts" keeps those two on.
+DATA_CUTS_OFF = ("train.bucket_by_length=false", "cuts.fast_dropout=false")
+FULLFT_BASELINES = ("data-cuts", "no-cuts")
+
+
+def full_fine_tune(recipe, baseline: str) -> list[str]:
+    from leantrain.ablate.ladder import plan_ladder
+
+    overrides = plan_ladder(recipe, alone=False)[0].overrides
+    return overrides if baseline == "no-cuts" else [o for o in overrides if o not in DATA_CUTS_OFF]
 
 
 def machine() -> dict:
@@ -128,9 +135,10 @@ def phase_fullft(args) -> dict:
     minus one point (the acceptance criterion's tolerance)."""
     from leantrain.engine.run import as_recipe
 
-    price = as_recipe(str(REPO / "examples" / "demo.yaml")).hardware.price_per_hour
+    recipe = as_recipe(str(REPO / "examples" / "demo.yaml"))
+    price, baseline = recipe.hardware.price_per_hour, full_fine_tune(recipe, args.fullft_baseline)
     base = {"eval_every": args.eval_every, **({"epochs": args.epochs} if args.epochs else {})}
-    configs = {"full fine-tune fp32": FULL_FINE_TUNE[args.fullft_baseline] + thread_sets(args.threads),
+    configs = {"full fine-tune fp32": baseline + thread_sets(args.threads),
                "demo recipe": thread_sets(args.threads)}
     rounds = []
     for r in range(args.fullft_rounds):
@@ -151,7 +159,7 @@ def phase_fullft(args) -> dict:
                           "total_train_seconds": {n: run["train_seconds"] for n, run in runs.items()}})
     fractions = [p["demo_dollar_fraction"] for p in per_round if p["demo_dollar_fraction"] is not None]
     return {"price_per_hour": price, "eval_every": args.eval_every, "baseline": args.fullft_baseline,
-            "baseline_overrides": FULL_FINE_TUNE[args.fullft_baseline], "rounds": rounds, "per_round": per_round,
+            "baseline_overrides": baseline, "rounds": rounds, "per_round": per_round,
             "median_demo_dollar_fraction": statistics.median(fractions) if fractions else None}
 
 
@@ -168,7 +176,7 @@ def main() -> None:
                         help="whole-recipe runs (the tutorial configuration takes ~6x as long; add hf-tutorial to include it)")
     parser.add_argument("--eval-every", type=int, default=25, help="fullft: evaluate every N steps")
     parser.add_argument("--fullft-rounds", type=int, default=1)
-    parser.add_argument("--fullft-baseline", choices=sorted(FULL_FINE_TUNE), default="no-cuts",
+    parser.add_argument("--fullft-baseline", choices=FULLFT_BASELINES, default="no-cuts",
                         help="fullft: the baseline without any cut (as `leantrain ablate`), or keeping length bucketing and fast dropout")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in every contender (default: torch's own); 1 avoids OpenMP stalls on a busy machine")

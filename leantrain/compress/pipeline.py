@@ -106,7 +106,7 @@ def _prune(model, spec: PruneSpec, data, importance: str) -> dict:
 
 def _smoothing(model, data) -> tuple[dict, dict]:
     """SmoothQuant calibration of ``model`` on training batches (never the eval split), and its summary."""
-    from leantrain.compress.smoothquant import ALPHAS, calibrate, eight_bit_activations_exact
+    from leantrain.compress.smoothquant import ALPHAS, calibrate, probed_activation_bits
 
     loader = data.batches(data.train_examples)
     batches = [batch for _, batch in zip(range(CALIBRATION_BATCHES), loader)]
@@ -114,7 +114,7 @@ def _smoothing(model, data) -> tuple[dict, dict]:
     smoothed = {name: c["alpha"] for name, c in chosen.items() if c["alpha"] > 0}
     summary = {"method": "smoothquant, per-layer alpha by calibration error", "alphas_tried": list(ALPHAS),
                "calibration_split": "train", "calibration_examples": sum(len(b["input_ids"]) for b in batches),
-               "calibration_batches": len(batches), "activation_bits": 8 if eight_bit_activations_exact() else 7,
+               "calibration_batches": len(batches), "activation_bits": probed_activation_bits(),
                "smoothed_layers": len(smoothed), "linear_layers": len(chosen), "alpha_by_layer": smoothed,
                "calibration_error": round(sum(c["error"] for c in chosen.values()) / len(chosen), 8),
                "calibration_error_unsmoothed": round(sum(c["error_unsmoothed"] for c in chosen.values()) / len(chosen), 8)}

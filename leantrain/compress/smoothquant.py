@@ -56,6 +56,11 @@ def eight_bit_activations_exact() -> bool:
     return bool(torch.allclose(got, linear(inputs), rtol=0.02))
 
 
+def probed_activation_bits() -> int:
+    """8 where this CPU's int8 kernel is exact for 8-bit activations, else torch.ao's 7."""
+    return 8 if eight_bit_activations_exact() else 7
+
+
 class SmoothedDynamicLinear(_dynamic_linear()):
     """torch.ao's dynamic int8 Linear with an optional per-input-channel ``1/s`` on its input.
 
@@ -67,7 +72,7 @@ class SmoothedDynamicLinear(_dynamic_linear()):
     def __init__(self, in_features, out_features, bias_=True, dtype=torch.qint8):
         super().__init__(in_features, out_features, bias_, dtype=dtype)
         self.register_buffer("smooth_inv_scale", None)
-        self.activation_bits = 8 if eight_bit_activations_exact() else 7
+        self.activation_bits = probed_activation_bits()
 
     def forward(self, x):
         if self.smooth_inv_scale is not None:

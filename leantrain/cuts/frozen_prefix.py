@@ -49,6 +49,8 @@ class PrefixCache:
 
     @staticmethod
     def keys(input_ids: torch.Tensor, mask: torch.Tensor, token_types: torch.Tensor | None) -> list[bytes]:
+        # The tokens are needed on the host to key the rows: one small copy per batch (a
+        # sync on CUDA), against a prefix forward saved on every hit.
         ids = input_ids.cpu()
         types = token_types.cpu() if token_types is not None else None
         keep = mask.cpu().bool()
@@ -57,6 +59,8 @@ class PrefixCache:
 
     def store(self, key: bytes, row: torch.Tensor) -> None:
         self.computed_dtype = row.dtype
+        if key in self.rows:  # the same example twice in one batch
+            return
         with torch.inference_mode(False):  # a row first seen under inference mode must still serve training
             row = row.detach().to(self.dtype or row.dtype).clone()
         size = row.numel() * row.element_size()
@@ -137,16 +141,17 @@ class PrefixRunner:
             fresh = self.compute(sub)
         width = (fresh if fresh is not None else self.cache.rows[keys[0]]).shape[-1]
         dtype = fresh.dtype if fresh is not None else self.cache.computed_dtype
-        out = torch.zeros(*input_ids.shape, width, dtype=dtype, device=input_ids.device)
         keep = mask.bool()
         position = {i: j for j, i in enumerate(missing)}
+        rows = []
         for i, key in enumerate(keys):
             if i in position:
-                row = fresh[position[i]][keep[i]]
-                self.cache.store(key, row)
+                self.cache.store(key, fresh[position[i]][keep[i]])
+                rows.append(fresh[position[i]][keep[i]])
             else:
-                row = self.cache.rows[key]
-            out[i][keep[i]] = row.to(device=out.device, dtype=dtype)
+                rows.append(self.cache.rows[key].to(device=input_ids.device, dtype=dtype))
+        out = torch.zeros(*input_ids.shape, width, dtype=dtype, device=input_ids.device)
+        out[keep] = torch.cat(rows)  # the real tokens, row by row, in the mask's order
         return out
 
     def forward(self, *args, **kwargs):
@@ -205,7 +210,6 @@ class FrozenPrefix(Cut):
     def prepare_model(self, model: nn.Module, run) -> nn.Module:
         cfg = self.config
         self.runner, thawed = install(model, cfg.blocks, cfg.max_cache_mb * 2**20, cfg.store_dtype)
-        self.cache = self.runner.cache
         if thawed:
             run.log({"event": "note", "cut": self.name,
                      "message": f"froze {len(thawed)} trainable tensors in the prefix (e.g. {thawed[0]}); "
@@ -213,7 +217,7 @@ class FrozenPrefix(Cut):
         return model
 
     def on_fit_end(self, run) -> bool:
-        cache = self.cache
+        cache = self.runner.cache
         run.log({"event": "note", "cut": self.name, "rows": len(cache.rows), "hits": cache.hits, "misses": cache.misses,
                  "message": f"prefix cache: {len(cache.rows)} rows, {cache.bytes / 2**20:.1f} MiB, {cache.hits} hits, {cache.misses} misses"})
         return False

@@ -130,3 +130,13 @@ def test_rows_cached_under_inference_mode_train_and_bf16_rows_widen_back(tiny_be
     model(**batch, labels=torch.tensor([0, 1, 2])).loss.backward()   # all hits, with autograd
     assert runner.cache.hits == 3 and seen == [torch.float32]
     assert model.classifier.weight.grad is not None
+
+
+def test_an_example_twice_in_one_batch_is_stored_and_counted_once(tiny_bert_dir):
+    model = _bert(tiny_bert_dir)
+    runner, _ = install(model, 1)
+    with torch.no_grad():
+        model(**_batch(tiny_bert_dir, [TEXTS[0], TEXTS[0], TEXTS[1]]))
+    rows = runner.cache.rows
+    assert len(rows) == 2
+    assert runner.cache.bytes == sum(r.numel() * r.element_size() for r in rows.values())
