@@ -45,6 +45,7 @@ test: $(STAMP) browser
 # The comparisons against the alternatives (docs/benchmarks.md): about 23 minutes here.
 bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/vs_hf.py --steps 98 --rounds 3 --fullft-rounds 3
+	$(BIN)/python scripts/update_readme.py
 
 # What each cut and component buys on its own: the ablation ladder, data pipeline,
 # planner accuracy, compression and the dropout kernel (about 20 minutes).
