@@ -35,6 +35,19 @@ class LoraSettings(CutConfig):
     merge_on_save: bool = Field(False, description="Also export a merged model (adapter folded into the base) to `model/merged`.")
 
 
+def _keep_real_saved_modules(peft_model, model: torch.nn.Module) -> None:
+    """PEFT appends its task type's default heads (``classifier``, ``score``) to
+    ``modules_to_save`` on top of the recipe's, so the saved adapter_config.json listed
+    ``classifier`` twice and a ``score`` the model does not have. Keep each name once,
+    and only names that match a module of this model, so the file says what was trained."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    if not config.modules_to_save:
+        return
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} | {name for name, _ in model.named_modules()}
+    config.modules_to_save = [n for i, n in enumerate(config.modules_to_save)
+                              if n in leaves and n not in config.modules_to_save[:i]]
+
+
 @register
 class Lora(Cut):
     name = "lora"
@@ -66,9 +79,11 @@ class Lora(Cut):
             task_type=task_type,
         )
         try:
-            return get_peft_model(model, peft_config)
+            peft_model = get_peft_model(model, peft_config)
         except ValueError as exc:
             raise UserError(f"cuts.lora: {str(exc).splitlines()[0]}") from None
+        _keep_real_saved_modules(peft_model, model)
+        return peft_model
 
     def on_save(self, model: torch.nn.Module, out_dir: Path, run) -> dict[str, str]:
         if not self.config.merge_on_save:

@@ -209,3 +209,16 @@ def test_no_merged_model_unless_asked(tmp_path, cut_recipe):
     assert (result.run_dir / "model" / "adapter_model.safetensors").is_file()
     assert not (result.run_dir / "model" / "merged").exists()
     assert "merged_model" not in result.summary["saved"]
+
+
+def test_saved_adapter_config_lists_each_real_module_once(tiny_bert_dir, tmp_path):
+    """PEFT adds its SEQ_CLS default heads (classifier, score) to the recipe's list; the
+    saved file must name each trained module once, and none the model lacks."""
+    import json
+
+    bert = load_model(ModelSection(name_or_path=str(tiny_bert_dir), from_scratch=True), LABELS)
+    bert = make_cut("lora", modules_to_save=["classifier", "pooler"]).prepare_model(bert, run_context())
+    bert.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"]
+    assert sorted(saved) == ["classifier", "pooler"]
+    assert any("pooler.modules_to_save" in n for n, p in bert.named_parameters() if p.requires_grad)
