@@ -1,11 +1,15 @@
 """Predict with a trained run: one JSON line per input.
 
-Loads the run's saved model the same way a user would with plain transformers + PEFT,
-so what `leantrain predict` says is what the artefact really does.
+Loads the run's saved model from its folder alone, with transformers + PEFT, so what
+`leantrain predict` says is what the artefact really does.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -30,26 +34,53 @@ def load_run_model(run_dir: str | Path):
         raise UserError(f"{run_dir}: trained a custom torch.nn.Module ({meta.get('module')}); load {model_dir} into it yourself")
     classify = meta["task"] == "sequence-classification"
     auto = AutoModelForSequenceClassification if classify else AutoModelForCausalLM
-    kwargs = {}
-    if classify:
-        labels = meta["labels"]
-        kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
     try:
-        if meta["adapter"]:
+        if (model_dir / "config.json").is_file() and not meta["adapter"]:
+            model = auto.from_pretrained(model_dir)
+        elif (model_dir / "config.json").is_file():
+            # Base + adapter in one folder. Plain transformers loads it whole (its PEFT
+            # integration adds the adapter; tests check that gives these logits); here it is a
+            # PeftModel, so compress and export can still merge the adapter into the base.
             from peft import PeftModel
 
-            # A from-scratch base has no weights anywhere else: the run saved them in model/base.
-            base_path = model_dir / "base" if (model_dir / "base").is_dir() else meta["base_model_path"]
-            # ignore_mismatched_sizes: as in training, a base with another head size gets a
-            # fresh head, which the adapter's saved head (modules_to_save) then replaces.
-            base = auto.from_pretrained(base_path, **kwargs, **({"ignore_mismatched_sizes": True} if classify else {}))
-            model = PeftModel.from_pretrained(base, model_dir)
+            with _base_only(model_dir) as base_dir:
+                model = PeftModel.from_pretrained(auto.from_pretrained(base_dir), model_dir)
         else:
-            model = auto.from_pretrained(model_dir, **kwargs)
+            from peft import PeftModel
+
+            from leantrain.models.loading import resolve_model_path
+
+            # Adapter only (a causal LM's base is the published one): the recorded base, the
+            # bundled copy for a bundled model's hub id. model/base: runs saved by earlier versions.
+            old_base = model_dir / "base"
+            base_path = old_base if old_base.is_dir() else resolve_model_path(
+                meta.get("base_model_name_or_path") or meta["base_model_path"])
+            kwargs = {}
+            if classify:
+                labels = meta["labels"]
+                # ignore_mismatched_sizes: as in training, a base with another head size gets a
+                # fresh head, which the adapter's saved head (modules_to_save) then replaces.
+                kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                          "label2id": {n: i for i, n in enumerate(labels)}, "ignore_mismatched_sizes": True}
+            model = PeftModel.from_pretrained(auto.from_pretrained(base_path, **kwargs), model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
         raise UserError(f"{run_dir}: cannot load the saved model: {str(exc).strip().splitlines()[0]}") from None
     return model.eval(), tokenizer, meta
+
+
+@contextlib.contextmanager
+def _base_only(model_dir: Path):
+    """A view of ``model_dir`` without its adapter files, so that transformers loads the
+    base alone (it has no switch to skip an adapter it finds)."""
+    with tempfile.TemporaryDirectory(prefix="leantrain-base-") as view:
+        for item in model_dir.iterdir():
+            if item.is_file() and not item.name.startswith("adapter_"):
+                try:
+                    os.symlink(item.resolve(), Path(view) / item.name)
+                except OSError:  # no symlinks here (some Windows set-ups): copy
+                    shutil.copy2(item, Path(view) / item.name)
+        yield view
 
 
 def read_inputs(path: str | Path, text_column: str = "text") -> list[str]:

@@ -146,6 +146,11 @@ def _cuts_model() -> type[BaseModel]:
 CutsSection = _cuts_model()
 
 
+# Keys that may hold a local path used relative to the working directory.
+CWD_PATH_KEYS = (("model", "name_or_path"), ("data", "cache_dir"), ("cuts", "distill", "teacher"),
+                 ("cuts", "distill", "cache_dir"), ("cuts", "warm_start", "vectors"), ("cuts", "warm_start", "vocab"))
+
+
 class Recipe(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -175,6 +180,29 @@ class Recipe(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def resolved_dump(self) -> dict:
+        """The recipe with its local paths absolute: data files as the run resolved them
+        (beside the recipe), other paths from the working directory, as they are used. What a
+        run directory keeps, so every command that takes a run works from the run alone."""
+        data = self.model_dump(mode="json")
+        for section, key in (("data", "train"), ("data", "eval")):
+            value = data[section].get(key)
+            if value and self.resolve_path(value).exists():
+                data[section][key] = str(self.resolve_path(value).resolve())
+        for keys in CWD_PATH_KEYS:
+            *parents, key = keys
+            holder = data
+            for part in parents:
+                holder = holder.get(part) or {}
+            value = holder.get(key)
+            if isinstance(value, str) and value and Path(value).expanduser().exists():
+                holder[key] = str(Path(value).expanduser().resolve())
+        return data
+
+    def to_run_yaml(self) -> str:
+        """``config.yaml`` of the run directory: :meth:`resolved_dump` as YAML."""
+        return yaml.safe_dump(self.resolved_dump(), sort_keys=False)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:

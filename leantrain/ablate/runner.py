@@ -106,7 +106,7 @@ def _already_run(settings: AblationSettings, sets: list[str], run_dir: Path) -> 
         return None
     if settings.target and summary["status"] == "preempted" and not first_reaching(run_dir / "metrics.jsonl", settings.target):
         return None
-    wanted = load_recipe(settings.recipe, sets).to_yaml()
+    wanted = load_recipe(settings.recipe, sets).to_run_yaml()
     return summary if (run_dir / "config.yaml").read_text(encoding="utf-8") == wanted else None
 
 

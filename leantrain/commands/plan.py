@@ -12,7 +12,9 @@ def register(subparsers) -> dict:
     plan.add_argument("--spot", action="store_true", help="recommend by spot prices instead of on-demand")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.add_argument("--price-per-hour", type=float, metavar="USD", help="price of one device-hour for every listed GPU")
-    plan.add_argument("--rows", type=int, metavar="N", help="training rows, when the data is not at hand")
+    size = plan.add_mutually_exclusive_group()
+    size.add_argument("--rows", type=int, metavar="N", help="training rows, when the data is not at hand")
+    size.add_argument("--tokens", type=int, metavar="N", help="training tokens (rows = N / mean sequence length), when the data is not at hand")
     plan.add_argument("--catalog", metavar="FILE", help="your own catalog (YAML/JSON) extending or overriding the built-in one")
     plan.add_argument("--nproc", type=int, metavar="N", help="devices (processes) per node, as torchrun's --nproc_per_node "
                       "(default 1); DDP, or FSDP when the recipe has cuts.fsdp")
@@ -49,11 +51,12 @@ def _plan(args) -> int:
 
     if args.price_per_hour is not None and args.price_per_hour < 0:
         raise UserError(f"--price-per-hour: must be >= 0 (got {args.price_per_hour})")
-    if args.rows is not None and args.rows < 1:
-        raise UserError(f"--rows: must be >= 1 (got {args.rows})")
+    for flag, value in (("--rows", args.rows), ("--tokens", args.tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag}: must be >= 1 (got {value})")
     recipe = load_recipe(args.recipe, args.overrides)
     result = plan(recipe, args.gpus, args.spot, args.price_per_hour, args.rows, args.catalog,
-                  nproc=args.nproc, nodes=args.nodes)
+                  nproc=args.nproc, nodes=args.nodes, tokens=args.tokens)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

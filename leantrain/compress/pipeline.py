@@ -65,11 +65,10 @@ def _distill(run_dir: Path, student_recipe: str, out: Path) -> torch.nn.Module:
     from leantrain.recipe import load_recipe
 
     recipe = load_recipe(student_recipe)
-    data = recipe.model_dump(mode="json")
+    data = recipe.resolved_dump()
     settings = data["cuts"].get("distill") or {}
     data["cuts"]["distill"] = {**settings, "enabled": True, "teacher": str(run_dir)}
     data["output"]["dir"] = str(out / "student-run")
-    data["data"] = {k: (str(recipe.resolve_path(v)) if k in ("train", "eval") and v else v) for k, v in data["data"].items()}
     train(data, show_progress=False)
     return _plain(load_run_model(out / "student-run")[0])
 

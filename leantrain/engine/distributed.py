@@ -198,12 +198,16 @@ class Parallel:
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
-    def reseed(self, seed: int, step: int) -> None:
-        """Each rank's RNG as a pure function of (seed, rank, step): ranks draw different
-        dropout masks, and a resumed run draws the same ones as an uninterrupted run
-        with the same number of ranks, without storing every rank's RNG state."""
-        if self.enabled:
-            torch.manual_seed((seed * 1_000_003 + step) * 65_537 + self.rank)
+    def reseed(self, seed: int, step: int, position: int) -> None:
+        """The RNG as a pure function of (seed, step, global micro-batch of the step).
+
+        This rank's ``position``-th micro-batch is the step's micro-batch ``position *
+        world_size + rank`` (see :func:`shard_epoch`), so W ranks draw the dropout masks
+        one process accumulating W micro-batches draws, micro-batch for micro-batch: the
+        two train the same weights, and a run resumed on another number of ranks draws
+        what the uninterrupted run would have, without storing any rank's RNG state."""
+        micro_batch = position * self.world_size + self.rank
+        torch.manual_seed(((seed * 1_000_003 + step) * 65_537 + micro_batch) % 2**63)
 
     def close(self) -> None:
         if self.enabled:

@@ -103,9 +103,9 @@ def fit(
                 # The whole step's count over all ranks (one all-reduce under torchrun).
                 denominator, step_samples, step_batches = parallel.totals(
                     [sum(task.count(b) for _, b in real), sum(task.batch_size(b) for _, b in real), len(real)])
-                parallel.reseed(cfg.seed, state.step)
                 step_loss = torch.zeros((), device=run.device)
                 for position, (indices, batch) in enumerate(group):
+                    parallel.reseed(cfg.seed, state.step, position)  # dropout masks follow the data, not the ranks
                     batch = move_to_device(batch, run.device)
                     with parallel.micro_step(model, last=position == len(group) - 1):  # sync gradients once per step
                         with cuts.forward_context(run):

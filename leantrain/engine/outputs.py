@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from leantrain.models.loading import portable_model_name
 from leantrain.observe.memory import peak_rss_bytes
 from leantrain.plan.ledger import find_ledger
 
@@ -22,7 +23,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, state_dict: dict | None = None) -> dict[str, str]:
-    """Save the trained weights (only the adapter with LoRA) plus what predict needs.
+    """Save the trained weights (only the adapter with LoRA) plus what predict needs, as a
+    folder plain transformers loads (``from_pretrained``, ``pipeline``) with no leantrain code.
     ``state_dict``: the weights when the model holds only shards of them (FSDP)."""
     out = run_dir / "model"
     if (out / "leantrain.json").is_file():
@@ -33,15 +35,14 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, st
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     adapter = hasattr(model, "peft_config")  # a PEFT model saves only its adapter
+    custom = tokenizer is None and data_info is None  # the user's own torch.nn.Module
+    base_name = None if custom else portable_model_name(recipe.model.name_or_path)
     if hasattr(model, "save_pretrained"):
+        if adapter and not custom and (recipe.model.from_scratch or recipe.model.task == "sequence-classification"):
+            _save_base_beside_adapter(model, out, state_dict)
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
-        if recipe.model.from_scratch and adapter:
-            # The randomly initialised base exists nowhere else; without it the adapter is
-            # unusable. Save it (adapters removed) next to the adapter, in model/base; a
-            # quantized base (cuts.quantized_base) is saved as its dequantized float values.
-            from leantrain.models.low_bit import dequantized_copy
-
-            dequantized_copy(model).unload().save_pretrained(out / "base")
+        if adapter and base_name:
+            _record_portable_base(out / "adapter_config.json", base_name)
     else:
         from safetensors.torch import save_file
 
@@ -50,16 +51,13 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, st
         save_file(state, out / "model.safetensors")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    from leantrain.models import resolve_model_path
-
-    if tokenizer is None and data_info is None:
-        # The user's own torch.nn.Module: the recipe's model section was not used.
+    if custom:
         meta = {"task": "custom", "module": type(model).__name__, "adapter": adapter}
     else:
         meta = {
             "task": recipe.model.task,
             "base_model": recipe.model.name_or_path,
-            "base_model_path": resolve_model_path(recipe.model.name_or_path),
+            "base_model_name_or_path": base_name,
             "adapter": adapter,
             "labels": data_info.label_names if data_info else None,
             "max_length": recipe.data.max_length,
@@ -67,7 +65,47 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, st
     _write_json(out / "leantrain.json", meta)
     saved = {"model": str(out)}
     saved.update(cuts.on_save(model, out, run))
+    if tokenizer is not None:  # every exported model folder (merged, pruned) loads on its own
+        for folder in saved.values():
+            if (Path(folder) / "config.json").is_file() and not (Path(folder) / "tokenizer_config.json").is_file():
+                tokenizer.save_pretrained(folder)
     return saved
+
+
+def _save_base_beside_adapter(model, out: Path, state_dict: dict | None) -> None:
+    """The base weights (config.json with the label names, model.safetensors) next to the
+    adapter. Transformers treats such a folder as a model with an embedded adapter: it reads
+    the labels from config.json and loads the adapter on top, offline. Without them it would
+    fetch the base config, which knows neither the labels nor their number. A from-scratch
+    base exists nowhere else; a quantized base is saved as its dequantized float values,
+    exactly what the adapters trained on."""
+    if state_dict is not None:  # FSDP: the gathered PEFT state, renamed to the base's keys
+        model.get_base_model().save_pretrained(out, state_dict=base_weights(state_dict))
+        return
+    from leantrain.models.low_bit import dequantized_copy
+
+    dequantized_copy(model).unload().save_pretrained(out)
+
+
+def _record_portable_base(config_path: Path, base_name: str) -> None:
+    """Name the base by its hub id (or as the user gave it), never a path into this
+    machine's virtual environment. Edited after saving: PEFT's save looks the recorded base
+    up (for a changed vocabulary), which for a hub id would be a network call."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_name
+    _write_json(config_path, config)
+
+
+def base_weights(peft_state: dict) -> dict:
+    """The base model's state dict inside a LoRA model's: adapter tensors dropped, wrapped
+    layers (``base_layer``, ``original_module``) back under their own names."""
+    base = {}
+    for key, value in peft_state.items():
+        if "lora_" in key or ".modules_to_save." in key:
+            continue
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", ".")
+        base[name] = value
+    return base
 
 
 def _param_counts(model: torch.nn.Module) -> tuple[int, int]:

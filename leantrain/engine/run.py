@@ -20,6 +20,7 @@ import torch
 from leantrain.engine.context import RunContext
 from leantrain.engine.distributed import Parallel
 from leantrain.engine.loop import fit
+from leantrain.engine.model_card import write_model_cards
 from leantrain.engine.outputs import save_model, write_summary
 from leantrain.engine.resume import Checkpointer, checkpoint_root, find_resume_point, has_unfinished_run, resume_from
 from leantrain.engine.session import build_session
@@ -88,7 +89,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: str | None) -> None:
     if not resume and checkpoint_root(run_dir).is_dir():
         # A finished run's checkpoints: a fresh run must not mix its own with them.
         shutil.rmtree(checkpoint_root(run_dir))
-    (run_dir / "config.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    (run_dir / "config.yaml").write_text(recipe.to_run_yaml(), encoding="utf-8")
 
 
 def train(
@@ -215,8 +216,17 @@ def _train(recipe: Recipe, parallel: Parallel, resume: str | None, show_progress
         if checkpointer.last_path is not None:
             saved["checkpoint"] = str(checkpointer.last_path)
         summary = summarize(final_eval, saved)
+        if parallel.is_main and session.data_info is not None:  # a recipe model: card it
+            write_model_cards(summary, recipe, session.data_info.label_names, _train_tokens(recipe, session))
         parallel.barrier()  # leave together: torchrun stops the other ranks when one exits
         return RunResult(summary=summary, run_dir=run_dir, model=run.model)
+
+
+def _train_tokens(recipe: Recipe, session) -> int | None:
+    """A language model's training tokens (its data size); a classifier's is its rows."""
+    if recipe.model.task == "sequence-classification":
+        return None
+    return sum(len(example["input_ids"]) for example in session.train_examples)
 
 
 def _preempted_before_training(run_dir: Path, signal_name: str, write: bool = True) -> dict:

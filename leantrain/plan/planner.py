@@ -127,24 +127,24 @@ def resolve_accelerators(catalog: Catalog, names: list[str] | None) -> list[Acce
 
 def prepare(recipe, gpus: list[str] | None = None, spot: bool = False, price_per_hour: float | None = None,
             rows: int | None = None, catalog_file: str | None = None, nproc: int | None = None,
-            nodes: int | None = None) -> PlanInputs:
+            nodes: int | None = None, tokens: int | None = None) -> PlanInputs:
     layout = dist.Layout.from_recipe(recipe, nproc, nodes)
     catalog = load_catalog(catalog_file)
     accelerators = resolve_accelerators(catalog, gpus)  # a mistyped --gpu fails before any slow work
     setup = Setup.from_recipe(recipe)
-    workload = measure_workload(recipe, setup.accumulation, rows)
+    workload = measure_workload(recipe, setup.accumulation, rows, tokens)
     config = model_config(recipe.model, workload.num_labels)
     return PlanInputs(recipe, config, workload, catalog, accelerators, spot, price_per_hour, layout)
 
 
 def plan(recipe, gpus: list[str] | None = None, spot: bool = False, price_per_hour: float | None = None,
          rows: int | None = None, catalog_file: str | None = None, recommend: bool = True,
-         nproc: int | None = None, nodes: int | None = None) -> dict:
+         nproc: int | None = None, nodes: int | None = None, tokens: int | None = None) -> dict:
     """The plan as a JSON-ready dict (see docs/plan.md for every key). ``nproc`` devices
     on each of ``nodes`` machines train with DDP, or FSDP when the recipe has cuts.fsdp."""
     from leantrain.plan.recommend import recommendation
 
-    inputs = prepare(recipe, gpus, spot, price_per_hour, rows, catalog_file, nproc, nodes)
+    inputs = prepare(recipe, gpus, spot, price_per_hour, rows, catalog_file, nproc, nodes, tokens)
     setup = Setup.from_recipe(recipe)
     step = inputs.step_model(setup)
     # The headline peak is for the device the recipe is billed as (hardware.name).

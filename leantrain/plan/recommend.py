@@ -62,7 +62,7 @@ def best_on(inputs: PlanInputs, setup: Setup, price_key: str) -> dict | None:
 def recommendation(inputs: PlanInputs, recipe_setup: Setup) -> dict:
     price_key = "usd_spot" if inputs.spot else "usd_on_demand"
     if inputs.workload.total_steps(inputs.recipe.train, 1, 1) is None:
-        return {"note": "the number of training rows is unknown (no data.train): pass --rows to compare costs"}
+        return {"note": "the number of training rows is unknown (no data at hand): pass --rows N or --tokens N to compare costs"}
     options = [o for s in candidate_setups(recipe_setup) if (o := best_on(inputs, s, price_key))]
     if not options:
         return {"note": "no candidate fits on any listed GPU, even at micro-batch 1 with checkpointing"}

@@ -43,13 +43,30 @@ def padded_lengths(lengths: list[int], train, accumulation: int) -> tuple[int, i
     return max(padded), max(1, round(mean))
 
 
-def measure_workload(recipe, accumulation: int = 1, rows: int | None = None) -> Workload:
-    """The recipe's workload from its data when readable, else from ``data.max_length``."""
+def measure_workload(recipe, accumulation: int = 1, rows: int | None = None, tokens: int | None = None) -> Workload:
+    """The recipe's workload from its data when readable, else from ``data.max_length``.
+
+    ``rows`` or ``tokens`` (training tokens; rows = tokens / mean padded length) stand in
+    for the data's size, e.g. before the data exists: a step's memory and FLOPs need only
+    the model and ``max_length``; the whole run's hours and dollars need the size too.
+    """
+    work = _measure(recipe, accumulation, rows, sized=rows is not None or tokens is not None)
+    if tokens is not None:
+        work.train_rows = math.ceil(tokens / work.seq_len_flops)
+        work.notes.append(f"training rows from --tokens {tokens:,}: {work.train_rows:,} rows of {work.seq_len_flops} tokens")
+    return work
+
+
+def _measure(recipe, accumulation: int, rows: int | None, sized: bool) -> Workload:
     max_length = recipe.data.max_length
     fallback = Workload(max_length, max_length, rows, 2)
+    size_hint = "" if sized else "; hours and dollars for the whole run need its size: pass --rows N or --tokens N"
     if not recipe.data.train:
-        fallback.notes.append("no data.train: sequence length = data.max_length"
-                              + ("" if rows is not None else "; pass --rows to get hours and dollars"))
+        fallback.notes.append("no data.train: sequence length = data.max_length" + size_hint)
+        return fallback
+    missing = _missing_data(recipe)
+    if missing:
+        fallback.notes.append(f"{missing}: the step is planned at data.max_length ({max_length} tokens per row)" + size_hint)
         return fallback
     try:
         from leantrain.models import load_tokenizer
@@ -69,6 +86,24 @@ def measure_workload(recipe, accumulation: int = 1, rows: int | None = None) -> 
     work.notes.append(f"sequence lengths measured on the training data: longest batch {longest}, mean padded {mean} "
                       f"(data.max_length {max_length})")
     return work
+
+
+def _missing_data(recipe) -> str | None:
+    """"data file not found: ..." when a data file does not exist (yet), else None; a file
+    that exists but is unreadable still fails, later, with its own error."""
+    from leantrain.data.sources import open_source
+    from leantrain.data.text import _resolve
+    from leantrain.errors import DataError
+
+    for spec in (recipe.data.train, recipe.data.eval):
+        if spec:
+            try:
+                open_source(_resolve(spec, recipe.resolve_path))
+            except DataError as exc:
+                if "not found" in str(exc):
+                    return str(exc)
+                raise
+    return None
 
 
 def _count_rows(recipe) -> int:

@@ -114,7 +114,7 @@ def test_a_run_computes_each_example_once_and_still_learns(cut_recipe):
     assert note["misses"] == examples and note["rows"] == examples
     assert note["hits"] > 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["eval"]["accuracy"] > 0.6
+    assert summary["status"] == "completed" and summary["eval"]["accuracy"] > 0.5  # chance is 1/3
 
 
 def test_rows_cached_under_inference_mode_train_and_bf16_rows_widen_back(tiny_bert_dir):

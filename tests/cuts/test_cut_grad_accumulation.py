@@ -53,9 +53,12 @@ class StepRecorder:
 
 
 def assert_same_grads(got: dict, expected: dict, what: str) -> None:
+    # atol 1e-6: k summed micro-batch gradients and one batch's round differently in fp32,
+    # and three Adam steps later an element of ~1e-3 can differ by ~3e-7. A wrong
+    # normalisation (per row or per micro-batch) is off by percents, far beyond it.
     assert got.keys() == expected.keys() and got
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-7, msg=lambda m: f"{what} {name}: {m}")
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{what} {name}: {m}")
 
 
 def _plain_run(tmp_path, name: str, batch_size: int, steps: int | None, data, recorder: StepRecorder):

@@ -117,8 +117,13 @@ def test_saves_the_adapter_and_resumes_to_the_same_weights(cut_recipe, tmp_path,
     recipe["output"]["dir"] = str(tmp_path / "reference")
     reference = train(copy.deepcopy(recipe), show_progress=False)
     model_dir = reference.run_dir / "model"
-    assert (model_dir / "adapter_model.safetensors").is_file() and not (model_dir / "model.safetensors").exists()
-    # The saved adapter loads over the float base: the quantized base is never written.
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    # A classifier's folder holds its base (for the label names), as the dequantized floats
+    # the adapter trained on: never the quantized tensors, which plain transformers cannot read.
+    from safetensors.torch import load_file
+
+    assert all(t.is_floating_point() for t in load_file(str(model_dir / "model.safetensors")).values())
+    # The saved adapter loads over the float base too.
     base = AutoModelForSequenceClassification.from_pretrained(recipe["model"]["name_or_path"], num_labels=3)
     reloaded = PeftModel.from_pretrained(base, model_dir)
     trained = dict(reference.model.named_parameters())
@@ -180,7 +185,7 @@ def test_from_scratch_nf4_run_saves_its_base_and_a_merged_model_that_computes_th
     result = train(recipe, show_progress=False)
     model_dir = result.run_dir / "model"
     merged = AutoModelForSequenceClassification.from_pretrained(model_dir / "merged").eval()
-    base = AutoModelForSequenceClassification.from_pretrained(model_dir / "base")
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir)  # base + adapter
     assert all(type(p) is torch.nn.Parameter for p in [*merged.parameters(), *base.parameters()])
     inputs = {"input_ids": torch.randint(1000, 2000, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
     with torch.no_grad():

@@ -51,3 +51,35 @@ def test_prepare_with_bad_data_is_one_line_exit_2(tmp_path, tiny_bert_dir, capsy
     assert main(["data", "prepare", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.csv" in err[0] and "missing column 'text'" in err[0]
+
+
+def test_cache_key_depends_on_the_inputs_only(tmp_path, tiny_bert_dir):
+    """prepare, train with its smoke test first, train without it, each in a fresh process:
+    one key, one cache entry (a key that depended on what the process did before would
+    make the next run re-tokenize)."""
+    import os
+    import subprocess
+    import sys
+
+    topics = ["food", "sports", "tech"]
+    write_rows(tmp_path / "topics.csv", [{"text": f"a {topics[i % 3]} sentence {i}", "label": topics[i % 3]} for i in range(48)])
+    recipe = {"model": {"name_or_path": str(tiny_bert_dir), "from_scratch": True},
+              "data": {"train": "topics.csv", "eval_fraction": 0.25, "max_length": 16, "cache_dir": str(tmp_path / "cache")},
+              "train": {"epochs": 1, "batch_size": 8}, "output": {"dir": str(tmp_path / "run"), "save_model": False}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def leantrain(*args) -> str:
+        done = subprocess.run([sys.executable, "-m", "leantrain", *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    keys = []
+    for _ in range(2):  # two fresh processes
+        keys.append(json.loads(leantrain("data", "prepare", str(path)).partition("\n")[2])["cache_key"])
+    for flags in ([], ["--no-smoke"]):
+        leantrain("train", str(path), *flags)
+        keys.append(json.loads((tmp_path / "run" / "summary.json").read_text())["data"]["cache_key"])
+    assert len(set(keys)) == 1, keys
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == keys[:1]

@@ -39,8 +39,10 @@ def loss_fn(model, batch):
 
 
 def make_model() -> torch.nn.Module:
+    """With dropout: W ranks match one process accumulating W only if each micro-batch draws
+    the same mask wherever it runs (the RNG follows the global micro-batch, not the rank)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2))
 
 
 def recipe(run_dir: str, epochs: float, accumulation: int, fsdp: bool = False) -> dict:

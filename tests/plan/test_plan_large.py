@@ -54,3 +54,34 @@ def test_lora_checkpointing_bf16_fits_24gb_at_batch_1_sequence_512(llama7b_dir):
     plain = _plan(llama7b_dir, {"lora": {"r": 8}, "precision": {"dtype": "bf16", "frozen_dtype": "bf16"}})
     assert p["memory_breakdown"]["saved_activations"] * 5 < plain["memory_breakdown"]["saved_activations"]
     assert p["flops_breakdown"]["recompute"] > 0 and plain["flops_breakdown"]["recompute"] == 0
+
+
+def test_plan_before_the_data_exists_plans_the_step_and_asks_for_its_size(llama7b_dir, tmp_path, capsys):
+    """A recipe whose data file is not there yet: the step (memory, FLOPs) is planned at
+    max_length; hours and dollars wait for --rows or --tokens, which give the same run."""
+    import yaml
+
+    from leantrain.cli import main
+
+    recipe = {"model": {"name_or_path": str(llama7b_dir), "task": "causal-lm"},
+              "data": {"train": "not-written-yet.jsonl", "max_length": 512},
+              "cuts": {"lora": {"r": 8}, "precision": "bf16"}, "train": {"batch_size": 1}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+
+    def planned(*flags) -> dict:
+        assert main(["plan", str(path), "--gpu", "A100-80GB", "--json", *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    unsized = planned()
+    assert unsized["peak_memory_bytes"] > 0 and unsized["flops_breakdown"]["total"] > 0
+    assert unsized["seq_len"] == {"memory": 512, "flops": 512}
+    assert unsized["gpus"][0]["hours"] is None and unsized["train_rows"] is None
+    assert any("data file not found" in n and "--tokens" in n for n in unsized["notes"])
+    by_rows, by_tokens = planned("--rows", "1000"), planned("--tokens", str(1000 * 512))
+    assert by_rows["gpus"][0]["hours"] > 0 and by_rows["gpus"][0]["usd_on_demand"] > 0
+    assert by_tokens["train_rows"] == 1000 and by_tokens["gpus"][0]["hours"] == by_rows["gpus"][0]["hours"]
+    assert by_rows["peak_memory_bytes"] == unsized["peak_memory_bytes"]
+    with pytest.raises(SystemExit) as stopped:  # one size, not two
+        main(["plan", str(path), "--rows", "5", "--tokens", "9"])
+    assert stopped.value.code == 2
