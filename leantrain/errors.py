@@ -29,5 +29,9 @@ class DataError(UserError):
     """A data file is missing, empty, unreadable or lacks a needed column."""
 
 
+class MissingDataError(DataError):
+    """A data file that does not exist (yet): the planner still plans the step without it."""
+
+
 class DeviceError(UserError):
     """The requested feature is not supported on this device (e.g. fp16 on CPU)."""

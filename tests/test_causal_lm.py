@@ -132,3 +132,21 @@ def test_predict_cli_writes_one_continuation_per_input(runs, tmp_path):
         expected = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         assert record["continuation"] == expected
     assert any(r.strip() for r in (json.loads(line)["continuation"] for line in procs["full"].stdout.splitlines()))
+
+
+
+def test_model_card_gives_the_training_tokens(runs):
+    """A language model's data size on its card: the tokens of the training split it used."""
+    from leantrain.data.text import load_text_data
+    from leantrain.models import load_tokenizer
+    from leantrain.recipe import load_recipe
+
+    run = runs["lora"]
+    recipe = load_recipe(run.run_dir / "config.yaml")
+    data = load_text_data(recipe.data, recipe.model.task, load_tokenizer(recipe.model), recipe.train.seed,
+                          recipe.resolve_path)
+    expected = sum(len(example["input_ids"]) for example in data.train)
+    assert len(data.train) == 64 and expected > 64
+    assert run.summary["data"]["tokens_train"] == expected
+    card = (run.run_dir / "model" / "README.md").read_text(encoding="utf-8")
+    assert f"- {expected:,} training tokens" in card

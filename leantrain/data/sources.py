@@ -27,7 +27,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from leantrain.errors import DataError
+from leantrain.errors import DataError, MissingDataError
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
 SPLIT_SEP = "::"
@@ -283,7 +283,7 @@ def open_source(spec: str | Path) -> Source:
     if path.is_file():
         return TableFileSource(path, split)
     if path.suffix.lower() in FORMATS or not _HUB_NAME.match(base):
-        raise DataError(f"data file not found: {path}")
+        raise MissingDataError(f"data file not found: {path}")
     return HubDatasetSource(base, split)
 
 

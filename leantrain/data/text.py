@@ -252,10 +252,13 @@ def _text_data(train, evaluation, meta: dict, tokenizer, data_cfg, classify: boo
     stats = {**meta["stats"], "cache_hit": hit, "cache_key": key}
     if classify:
         return TextData(train, evaluation, DataCollatorWithPadding(tokenizer), meta["label_names"], meta["majority_label"], stats)
+    train_lengths = read_lengths(train)  # from the storage when it knows them
+    stats["tokens_train"] = sum(train_lengths)  # a language model's data size (its model card)
     if not data_cfg.pack:
         return TextData(train, evaluation, CausalLMCollator(tokenizer), stats=stats)
     # Packed after the cache (deterministically), so packing on or off shares one entry.
-    train, evaluation = (PackedExamples(docs, read_lengths(docs), data_cfg.max_length) for docs in (train, evaluation))
+    train = PackedExamples(train, train_lengths, data_cfg.max_length)
+    evaluation = PackedExamples(evaluation, read_lengths(evaluation), data_cfg.max_length)
     stats["packing"] = {"documents": train.n_documents, "rows": len(train), "eval_documents": evaluation.n_documents, "eval_rows": len(evaluation)}
     return TextData(train, evaluation, PackedCollator(tokenizer.pad_token_id), stats=stats)
 

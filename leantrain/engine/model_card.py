@@ -13,7 +13,7 @@ import yaml
 PIPELINE_TAGS = {"sequence-classification": "text-classification", "causal-lm": "text-generation"}
 
 
-def write_model_cards(summary: dict, recipe, label_names: list[str] | None, train_tokens: int | None) -> list[Path]:
+def write_model_cards(summary: dict, recipe, label_names: list[str] | None) -> list[Path]:
     """README.md in each folder of ``summary["saved"]`` that holds a model; returns them."""
     written = []
     for kind, folder in summary.get("saved", {}).items():
@@ -22,7 +22,7 @@ def write_model_cards(summary: dict, recipe, label_names: list[str] | None, trai
             continue
         adapter = (folder / "adapter_config.json").is_file()
         path = folder / "README.md"
-        path.write_text(render_card(summary, recipe, label_names, train_tokens, adapter), encoding="utf-8")
+        path.write_text(render_card(summary, recipe, label_names, adapter), encoding="utf-8")
         written.append(path)
     return written
 
@@ -50,7 +50,7 @@ def _cut_lines(recipe) -> list[str]:
     return lines or ["- none (a plain full fine-tune)"]
 
 
-def _data_lines(summary: dict, recipe, label_names: list[str] | None, train_tokens: int | None) -> list[str]:
+def _data_lines(summary: dict, recipe, label_names: list[str] | None) -> list[str]:
     data = summary.get("data", {})
     files = [Path(f).name for f in (recipe.data.train, recipe.data.eval) if isinstance(f, str) and f]
     lines = [f"- source: {', '.join(f'`{f}`' for f in files) or 'passed in code'}",
@@ -58,8 +58,8 @@ def _data_lines(summary: dict, recipe, label_names: list[str] | None, train_toke
              f"(max_length {recipe.data.max_length})"]
     if label_names:
         lines.append(f"- {len(label_names)} classes: {', '.join(label_names)}")
-    if train_tokens is not None:
-        lines.append(f"- {train_tokens:,} training tokens")
+    if data.get("tokens_train") is not None:
+        lines.append(f"- {data['tokens_train']:,} training tokens")
     return lines
 
 
@@ -80,7 +80,7 @@ def _usage(task: str, adapter: bool) -> str:
     return f"```python\n{code}\n```\n{note}"
 
 
-def render_card(summary: dict, recipe, label_names: list[str] | None, train_tokens: int | None, adapter: bool) -> str:
+def render_card(summary: dict, recipe, label_names: list[str] | None, adapter: bool) -> str:
     from leantrain.models.loading import portable_model_name
 
     base = portable_model_name(recipe.model.name_or_path)
@@ -105,7 +105,7 @@ def render_card(summary: dict, recipe, label_names: list[str] | None, train_toke
         + (f"; peak memory {peak / 2**30:.2f} GiB ({summary.get('peak_memory_method')})" if peak else ""),
         f"- trainable parameters: {summary.get('trainable_params', 0):,} of {summary.get('total_params', 0):,}",
         "\n## Data\n",
-        *_data_lines(summary, recipe, label_names, train_tokens),
+        *_data_lines(summary, recipe, label_names),
         "\n## Recipe\n",
         f"- train: epochs {recipe.train.epochs}, batch size {recipe.train.batch_size}, lr {recipe.train.lr}, "
         f"schedule {recipe.train.schedule}, seed {recipe.train.seed}",

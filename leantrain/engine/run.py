@@ -217,16 +217,9 @@ def _train(recipe: Recipe, parallel: Parallel, resume: str | None, show_progress
             saved["checkpoint"] = str(checkpointer.last_path)
         summary = summarize(final_eval, saved)
         if parallel.is_main and session.data_info is not None:  # a recipe model: card it
-            write_model_cards(summary, recipe, session.data_info.label_names, _train_tokens(recipe, session))
+            write_model_cards(summary, recipe, session.data_info.label_names)
         parallel.barrier()  # leave together: torchrun stops the other ranks when one exits
         return RunResult(summary=summary, run_dir=run_dir, model=run.model)
-
-
-def _train_tokens(recipe: Recipe, session) -> int | None:
-    """A language model's training tokens (its data size); a classifier's is its rows."""
-    if recipe.model.task == "sequence-classification":
-        return None
-    return sum(len(example["input_ids"]) for example in session.train_examples)
 
 
 def _preempted_before_training(run_dir: Path, signal_name: str, write: bool = True) -> dict:

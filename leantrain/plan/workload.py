@@ -93,16 +93,14 @@ def _missing_data(recipe) -> str | None:
     that exists but is unreadable still fails, later, with its own error."""
     from leantrain.data.sources import open_source
     from leantrain.data.text import _resolve
-    from leantrain.errors import DataError
+    from leantrain.errors import MissingDataError
 
     for spec in (recipe.data.train, recipe.data.eval):
-        if spec:
-            try:
+        try:
+            if spec:
                 open_source(_resolve(spec, recipe.resolve_path))
-            except DataError as exc:
-                if "not found" in str(exc):
-                    return str(exc)
-                raise
+        except MissingDataError as exc:
+            return str(exc)
     return None
 
 
