@@ -134,7 +134,6 @@ def test_predict_cli_writes_one_continuation_per_input(runs, tmp_path):
     assert any(r.strip() for r in (json.loads(line)["continuation"] for line in procs["full"].stdout.splitlines()))
 
 
-
 def test_model_card_gives_the_training_tokens(runs):
     """A language model's data size on its card: the tokens of the training split it used."""
     from leantrain.data.text import load_text_data
