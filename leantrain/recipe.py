@@ -138,7 +138,7 @@ def _cuts_model() -> type[BaseModel]:
     for name, cut in sorted(REGISTRY.items()):
         fields[name] = (
             cut.Config,
-            Field(default_factory=lambda c=cut.Config: c(enabled=False), description=cut.summary),
+            Field(default_factory=lambda c=cut.Config, on=cut.default_on: c(enabled=on), description=cut.summary),
         )
     return create_model("CutsSection", __base__=Section, **fields)
 

@@ -146,7 +146,7 @@ def describe_ladder(rungs: list[Rung]) -> str:
     return "\n".join(f"  {r.slug}: {r.name}  [{' '.join(r.overrides) or 'recipe as is'}]" for r in rungs)
 
 
-def parse_target(text: str) -> tuple[str, float]:
+def parse_target(text: str, option: str = "ablate --to-metric") -> tuple[str, float]:
     """``accuracy=0.8`` -> ("accuracy", 0.8), with a one-line error otherwise."""
     name, sep, value = text.partition("=")
     try:
@@ -154,4 +154,4 @@ def parse_target(text: str) -> tuple[str, float]:
             raise ValueError
         return name.strip(), float(yaml.safe_load(value))
     except (ValueError, TypeError, yaml.YAMLError):
-        raise UserError(f"ablate --to-metric: expected METRIC=VALUE such as accuracy=0.8, got {text!r}") from None
+        raise UserError(f"{option}: expected METRIC=VALUE such as accuracy=0.8, got {text!r}") from None

@@ -69,6 +69,9 @@ class Cut:
     order: ClassVar[int] = 50
     # Other cuts this one needs in the same recipe, and those it cannot run with (name ->
     # why): checked when the run starts, before any data or model work is wasted.
+    # On unless a recipe turns it off: only for cuts that never change what is learned
+    # and that pay on every device they act on (each one's card gives the benchmark).
+    default_on: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()
     conflicts: ClassVar[dict[str, str]] = {}
 

@@ -132,6 +132,9 @@ class FastDropoutCut(Cut):
     Config = FastDropoutSettings
     summary = "CPU dropout masks from whole random words: same distribution, several times cheaper than per-element draws."
     order = 36  # after LoRA (10, adds its dropout modules) and precision (30, picks the attention kernel)
+    # On by default: the same mask distribution, and on CPU it paid on the demo and on two
+    # held-out sets (bench/defaults.py, docs/cuts/fast_dropout.md); on CUDA it steps aside.
+    default_on = True
 
     def prepare_model(self, model, run):
         if run.device.type != "cpu":

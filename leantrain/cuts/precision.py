@@ -30,9 +30,9 @@ class PrecisionSettings(CutConfig):
         None, description="Store frozen (requires_grad=False) weights in this dtype; null keeps them as loaded."
     )
     cpu_matmul_attention: bool = Field(
-        False, description="With bf16 on a CPU, swap a transformers model's fused SDPA attention for matmul attention "
-        "(its bf16 backward is several times faster there). Off by default: `leantrain plan` over-predicts its saved "
-        "activations (see docs/plan.md).")
+        True, description="With bf16 on a CPU, swap a transformers model's fused SDPA attention for matmul attention "
+        "(the same math; with `cuts.fast_dropout` its attention dropout is cheap, and the fused kernel's bf16 backward "
+        "is slow there: bench/defaults.py). No effect on a GPU or in fp32.")
 
 
 def check_device_supports(dtype: str, device: torch.device, key: str = "cuts.precision") -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from leantrain.cuts import CutStack, build_cuts
-from leantrain.data.batching import batch_loader, epoch_order
+from leantrain.data.batching import batch_loader, batches_from_order, epoch_order
 from leantrain.engine.context import RunContext
 from leantrain.engine.distributed import Parallel, shard_epoch
 from leantrain.engine.tasks import CausalLMTask, ClassificationTask, CustomTask
@@ -69,6 +69,29 @@ def _example_length(example) -> int | None:
     return len(ids) if ids is not None else None
 
 
+def example_lengths(examples: Sequence) -> list[int] | None:
+    """Token lengths of tokenized examples (from the storage, no loop over rows); None
+    for data without ``input_ids`` (a user's own tensors)."""
+    if not len(examples) or _example_length(examples[0]) is None:
+        return None
+    from leantrain.data.shards import read_lengths
+
+    return read_lengths(examples)
+
+
+def inference_order(examples: Sequence, batch_size: int) -> list[list[int]]:
+    """Batches for a pass without gradients (evaluation, scoring), longest rows first:
+    every batch pads only to rows of nearly its own length. In data order, eval batches
+    padded most rows to the longest of 32 random ones; on a held-out topic set (925 rows)
+    sorting took the evaluation from 5.6 s to ~1.0 s (docs/benchmarks.md, "The plain
+    recipe"). The metrics are sums over examples, so the order cannot change them."""
+    lengths = example_lengths(examples)
+    order = list(range(len(examples)))
+    if lengths is not None:
+        order.sort(key=lambda i: lengths[i], reverse=True)
+    return batches_from_order(order, batch_size)
+
+
 @dataclass
 class Session:
     recipe: Recipe
@@ -84,6 +107,7 @@ class Session:
     lengths: list[int] | None = None
     token_slots: int = 0                 # padded token positions of the batches trained on
     real_tokens: int = 0
+    eval_order: list[list[int]] | None = None  # formed on the first evaluation, then reused
 
     def epoch_batches(self, epoch: int, grouping: int | None = None) -> list[list[int]]:
         """Every micro-batch of ``epoch`` over all ranks, formed in optimizer steps of
@@ -129,7 +153,7 @@ class Session:
         if not getattr(self.task, "per_example", False):
             raise UserError("a loss-based ordering needs one loss per example; a custom loss_fn returns only a batch mean")
         run = self.run
-        order = epoch_order(len(self.train_examples), self.recipe.train.batch_size, 0, 0, shuffle=False)
+        order = inference_order(self.train_examples, self.recipe.train.batch_size)
         scores = torch.empty(len(self.train_examples))
         run.model.eval()
         try:
@@ -152,8 +176,9 @@ class Session:
         if len(self.eval_examples) == 0:
             return {}
         run, cfg = self.run, self.recipe.train
-        order = epoch_order(len(self.eval_examples), cfg.batch_size, cfg.seed, 0, shuffle=False)
-        loader = batch_loader(self.eval_examples, order, self.collate)
+        if self.eval_order is None:
+            self.eval_order = inference_order(self.eval_examples, cfg.batch_size)
+        loader = batch_loader(self.eval_examples, self.eval_order, self.collate)
 
         def watched():
             for batch in loader:
@@ -222,11 +247,7 @@ def build_session(
         run.total_steps = min(run.total_steps, cfg.max_steps)
     run.optimizer = make_optimizer(run.model, cfg)
     run.scheduler = make_scheduler(run.optimizer, cfg, run.total_steps)
-    lengths = None
-    if len(train_examples) and _example_length(train_examples[0]) is not None:
-        from leantrain.data.shards import read_lengths
-
-        lengths = read_lengths(train_examples)
+    lengths = example_lengths(train_examples)
     session = Session(recipe, run, cuts, task, train_examples, eval_examples, collate, steps_per_epoch,
                       tokenizer, data_info, lengths)
     run.score_examples = session.score_examples

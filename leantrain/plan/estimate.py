@@ -101,7 +101,8 @@ _TRACES: dict[tuple, StepTrace] = {}
 
 def _setup_key(setup: Setup) -> tuple:
     dump = lambda cfg: cfg.model_dump_json() if cfg is not None else None  # noqa: E731
-    return (dump(setup.lora), dump(setup.checkpointing), setup.dtype, setup.frozen_dtype, dump(setup.quantized_base))
+    return (dump(setup.lora), dump(setup.checkpointing), setup.dtype, setup.frozen_dtype, dump(setup.quantized_base),
+            setup.cpu_matmul_attention)
 
 
 def _trace(config, task: str, setup: Setup, layers: int, batch: int, seq_len: int, kind: str) -> StepTrace:
@@ -144,7 +145,8 @@ def model_step(config, task: str, setup: Setup, seq_len_memory: int, seq_len_flo
     flops = fit_points(config, task, setup, seq_len_flops, batches=(1,), kind="flops")[1]
     recompute = 0
     if setup.checkpointing is not None:
-        plain_setup = Setup(setup.lora, None, setup.dtype, setup.frozen_dtype, 1)
+        plain_setup = Setup(setup.lora, None, setup.dtype, setup.frozen_dtype, 1,
+                            cpu_matmul_attention=setup.cpu_matmul_attention)
         plain = fit_points(config, task, plain_setup, seq_len_flops, batches=(1,), kind="flops")[1]
         recompute = max(0, int(flops.backward_flops - plain.backward_flops))
     per_sample = StepTrace(

@@ -35,6 +35,9 @@ class Setup:
     micro_batch: int
     accumulation: int = 1
     quantized_base: object | None = None  # QuantizedBaseSettings: the frozen base in int8/NF4
+    # Matmul attention, as a bf16 run on a CPU uses it; a GPU keeps the fused kernel, so a
+    # recipe billed as a GPU is traced with that.
+    cpu_matmul_attention: bool = False
 
     @classmethod
     def from_recipe(cls, recipe) -> "Setup":
@@ -52,6 +55,8 @@ class Setup:
             dtype=precision.dtype if precision else None, frozen_dtype=precision.frozen_dtype if precision else None,
             micro_batch=recipe.train.batch_size, accumulation=accumulation.steps if accumulation else 1,
             quantized_base=cuts.get("quantized_base") if cuts.get("lora") else None,
+            cpu_matmul_attention=bool(precision and precision.cpu_matmul_attention and precision.dtype == "bf16"
+                                      and recipe.hardware.name.lower().startswith("cpu")),
         )
 
     @property
@@ -133,7 +138,8 @@ def build_meta_model(config, task: str, setup: Setup) -> torch.nn.Module:
     if setup.checkpointing is not None:
         model = GradientCheckpointing(setup.checkpointing).prepare_model(model, run)
     if setup.dtype is not None:
-        settings = PrecisionSettings(enabled=True, dtype=setup.dtype, frozen_dtype=setup.frozen_dtype)
+        settings = PrecisionSettings(enabled=True, dtype=setup.dtype, frozen_dtype=setup.frozen_dtype,
+                                     cpu_matmul_attention=setup.cpu_matmul_attention)
         model = Precision(settings).prepare_model(model, run)
     if setup.quantized_base is not None:
         from leantrain.cuts.quantized_base import plan_on_meta

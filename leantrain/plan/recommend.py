@@ -22,7 +22,8 @@ def candidate_setups(recipe_setup: Setup) -> list[Setup]:
     for ckpt in (None, checkpointing):
         for dtype in ("fp32", "bf16"):
             frozen = "bf16" if lora is not None and dtype == "bf16" else None
-            setup = Setup(lora, ckpt, dtype, frozen, recipe_setup.micro_batch, recipe_setup.accumulation)
+            setup = Setup(lora, ckpt, dtype, frozen, recipe_setup.micro_batch, recipe_setup.accumulation,
+                          cpu_matmul_attention=recipe_setup.cpu_matmul_attention and dtype == "bf16")
             found.setdefault(setup.key(), setup)
     return list(found.values())
 

@@ -20,11 +20,13 @@ def effective(overrides: list[str]) -> Recipe:
 
 def test_default_ladder_layers_recipe_cuts_then_suggestions_and_each_alone():
     rungs = plan_ladder(recipe(lora=True, precision="bf16"))
-    assert [r.kind for r in rungs] == ["baseline"] + ["cumulative"] * 4 + ["alone"] * 3
-    assert [r.cuts for r in rungs[1:5]] == [["lora"], ["lora", "precision"],
+    # fast_dropout is on by default, so it is one of the recipe's cuts the ladder measures.
+    assert [r.kind for r in rungs] == ["baseline"] + ["cumulative"] * 5 + ["alone"] * 4
+    assert [r.cuts for r in rungs[1:6]] == [["lora"], ["lora", "precision"],
                                              ["lora", "precision", "gradient_checkpointing"],
-                                             ["lora", "precision", "gradient_checkpointing", "bucketing"]]
-    assert [r.cuts for r in rungs[5:]] == [["precision"], ["gradient_checkpointing"], ["bucketing"]]
+                                             ["lora", "precision", "gradient_checkpointing", "bucketing"],
+                                             ["lora", "precision", "gradient_checkpointing", "bucketing", "fast_dropout"]]
+    assert [r.cuts for r in rungs[6:]] == [["precision"], ["gradient_checkpointing"], ["bucketing"], ["fast_dropout"]]
     assert rungs[3].name == "LoRA + bf16 + checkpointing"
     assert len({r.slug for r in rungs}) == len(rungs)
 
@@ -48,7 +50,8 @@ def test_rung_overrides_turn_exactly_their_cuts_on():
 
 def test_cuts_option_sets_order_and_values():
     rungs = plan_ladder(recipe(), cuts=["precision=fp16", "lora"], alone=False)
-    assert [r.name for r in rungs] == ["baseline (full fine-tune, fp32, no cuts)", "fp16", "fp16 + LoRA"]
+    # A default-on cut left out of --cuts stays on in every rung, and the baseline says so.
+    assert [r.name for r in rungs] == ["baseline (full fine-tune, fp32, recipe's fast_dropout kept)", "fp16", "fp16 + LoRA"]
     assert "cuts.precision=fp16" in rungs[1].overrides and "cuts.lora=false" in rungs[1].overrides
 
 

@@ -1,0 +1,1 @@
+"""`leantrain tune`: search the recipe's cost-relevant choices for the cheapest one that reaches a target."""
