@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leantrain.cuts.early_stopping import HIGHER_IS_BETTER
+from leantrain.ablate.runner import higher_is_better
 from leantrain.errors import UserError
 from leantrain.recipe import load_recipe
 from leantrain.tune.space import space_for, suggest
@@ -43,7 +43,7 @@ class TuneSettings:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric.lower().endswith(HIGHER_IS_BETTER)
+        return higher_is_better(self.metric)
 
 
 def _study(settings: TuneSettings):

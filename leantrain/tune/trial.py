@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from leantrain.ablate.runner import reached
 from leantrain.observe.runlog import read_json, read_jsonl
 
 PR_SET_PDEATHSIG = 1
@@ -82,8 +83,7 @@ def run_trial(recipe: str, sets: list[str], run_dir: Path, metric: str, higher_i
             lines = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "eval" and metric in r]
             for line in lines[seen:]:
                 evals.append(line)
-                good = line[metric] >= target if higher_is_better else line[metric] <= target
-                if target is not None and good and hit is None:
+                if target is not None and hit is None and reached(metric, line[metric], target):
                     hit, status = line, "reached_target"
                 elif status is None and on_eval(line):
                     status = "pruned"
