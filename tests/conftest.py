@@ -18,7 +18,7 @@ if "LEANTRAIN_CACHE_DIR" not in os.environ:
 
     os.environ["LEANTRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="leantrain-test-cache-")
 
-from testdata import make_topic_rows, write_csv  # noqa: E402  (shared with test modules)
+from testdata import copy_tokenizer, make_topic_rows, write_csv  # noqa: E402  (shared with test modules)
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +26,6 @@ def bundled_model_dir() -> Path:
     from leantrain.models import resolve_model_path
 
     return Path(resolve_model_path("bundled:minilm"))
-
-
-def _copy_tokenizer(src: Path, dst: Path) -> None:
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        if (src / name).exists():
-            (dst / name).write_bytes((src / name).read_bytes())
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +38,7 @@ def tiny_bert_dir(tmp_path_factory, bundled_model_dir) -> Path:
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128,
     ).save_pretrained(path)
-    _copy_tokenizer(bundled_model_dir, path)
+    copy_tokenizer(bundled_model_dir, path)
     return path
 
 
@@ -59,7 +53,7 @@ def tiny_llama_dir(tmp_path_factory, bundled_model_dir) -> Path:
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
         pad_token_id=0, bos_token_id=101, eos_token_id=102,
     ).save_pretrained(path)
-    _copy_tokenizer(bundled_model_dir, path)
+    copy_tokenizer(bundled_model_dir, path)
     return path
 
 

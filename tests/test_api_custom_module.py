@@ -181,7 +181,7 @@ def test_lora_on_named_linear_layers_trains_only_the_adapters(tmp_path):
     assert len(trainable) == 2 * 4
     assert result.summary["trainable_params"] == sum(p.numel() for p in trainable.values())
     assert result.summary["trainable_params"] < result.summary["total_params"]
-    assert result.summary["cuts"] == ["lora"]
+    assert result.summary["cuts"] == ["lora", "fast_dropout"]
 
     # the frozen weights did not move; the adapters did, and they helped
     frozen = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
@@ -240,7 +240,7 @@ def test_bf16_precision_runs_matmuls_in_bf16_with_fp32_weights(tmp_path):
     hook.remove()
     assert dtypes == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
-    assert result.summary["cuts"] == ["precision"]
+    assert result.summary["cuts"] == ["precision", "fast_dropout"]
     assert result.summary["eval"]["loss"] < 0.5 * before
 
 

@@ -123,7 +123,7 @@ def lora_run(tmp_path_factory, tiny_bert_dir):
 
 def test_predict_cli_matches_plain_transformers_and_peft(lora_run):
     base, result, root = lora_run
-    assert result.summary["cuts"] == ["lora"]
+    assert result.summary["cuts"] == ["lora", "fast_dropout"]
     assert (result.run_dir / "model" / "adapter_model.safetensors").is_file()
     inputs = write_inputs(root)
 
@@ -212,7 +212,7 @@ def test_bundled_minilm_lora_bf16_end_to_end(tmp_path, bundled_model_dir):
     assert summary["status"] == "completed"
     assert 30 <= summary["steps"] <= 60
     assert summary["epochs"] == pytest.approx(3)
-    assert summary["cuts"] == ["lora", "precision"]
+    assert summary["cuts"] == ["lora", "precision", "fast_dropout"]
     assert 0 < summary["trainable_params"] < 0.05 * summary["total_params"]
     assert summary["train_seconds"] > 0 and summary["samples_per_second"] > 0
     assert summary["peak_memory_bytes"] > 0 and summary["peak_memory_method"]

@@ -47,3 +47,10 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
     return write_rows(path, rows)
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Give a randomly initialised model dir the bundled tokenizer, so tests need no download."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (src / name).exists():
+            (dst / name).write_bytes((src / name).read_bytes())

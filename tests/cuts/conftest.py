@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cuts_helpers import shared_conftest
+from testdata import copy_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +44,7 @@ def tiny_base_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     )
     base = root / "base"
     result.model.bert.save_pretrained(base)  # encoder + pooler; the head is left out
-    shared._copy_tokenizer(tiny_bert_dir, base)
+    copy_tokenizer(tiny_bert_dir, base)
     return base
 
 

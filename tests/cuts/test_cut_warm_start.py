@@ -269,7 +269,8 @@ def test_runs_before_lora_so_the_vectors_are_the_frozen_base(tiny_bert_dir, topi
     from leantrain.cuts import build_cuts
     from leantrain.recipe import Recipe
 
-    cuts = build_cuts(Recipe.model_validate({"cuts": {"lora": True, "warm_start": str(topic_vectors)}}))
+    cuts = build_cuts(Recipe.model_validate(
+        {"cuts": {"lora": True, "warm_start": str(topic_vectors), "fast_dropout": False}}))
     assert [c.name for c in cuts] == ["warm_start", "lora"]
     run = run_context()
     cuts.setup(run)

@@ -18,6 +18,8 @@ from leantrain.cuts import REGISTRY, CutConfig
 from leantrain.recipe import Recipe
 
 CUTS = sorted(REGISTRY)
+# Cuts that are on unless a recipe turns them off; a run that tests other cuts names them off.
+DEFAULTS_OFF = {name: False for name, cls in REGISTRY.items() if cls.default_on}
 CARDS = REPO / "docs" / "cuts"
 MEASURED_LINE = "(measured by `leantrain ablate` on the demo: see docs/ablate.md)"  # bench/cut_cards.py writes it
 
@@ -73,9 +75,13 @@ def test_cut_has_card_summary_and_described_config(name):
 
 @pytest.mark.parametrize("name", CUTS)
 def test_cut_is_a_recipe_section(name):
+    """Naming a cut turns on that cut and nothing else beyond the cuts that are on by default."""
+    default_on = {n for n, cls in REGISTRY.items() if cls.default_on}
+    assert set(Recipe.model_validate({}).enabled_cuts()) == default_on
     recipe = Recipe.model_validate({"cuts": {name: True}})
-    assert list(recipe.enabled_cuts()) == [name]
-    assert Recipe.model_validate({}).enabled_cuts() == {}
+    assert set(recipe.enabled_cuts()) == default_on | {name}
+    off = Recipe.model_validate({"cuts": {name: False}})
+    assert set(off.enabled_cuts()) == default_on - {name}
 
 
 def check_run(recipe: dict) -> tuple[dict, torch.nn.Module]:
@@ -107,7 +113,7 @@ def check_run(recipe: dict) -> tuple[dict, torch.nn.Module]:
 def test_each_cut_trains_the_tiny_recipe(name, cut_recipe, file_settings):
     recipe = copy.deepcopy(cut_recipe)
     needed = REGISTRY[name].requires  # e.g. quantized_base needs lora: they run as a pair
-    recipe["cuts"] = {**{other: True for other in needed}, name: {**ALONE, **file_settings}.get(name, True)}
+    recipe["cuts"] = {**DEFAULTS_OFF, **{other: True for other in needed}, name: {**ALONE, **file_settings}.get(name, True)}
     summary, model = check_run(recipe)
     assert summary["cuts"] == sorted([name, *needed], key=lambda n: REGISTRY[n].order)
     if name == "lora":
@@ -137,7 +143,7 @@ LEADS = [None] + sorted({n for n in CUTS if n not in compatible_cuts(None)})
 def test_all_cuts_together(lead, cut_recipe, file_settings):
     names = compatible_cuts(lead)
     recipe = copy.deepcopy(cut_recipe)
-    recipe["cuts"] = {name: {**TOGETHER, **file_settings}.get(name, True) for name in names}
+    recipe["cuts"] = {**DEFAULTS_OFF, **{name: {**TOGETHER, **file_settings}.get(name, True) for name in names}}
     summary, model = check_run(recipe)
 
     assert sorted(summary["cuts"]) == names

@@ -58,12 +58,12 @@ def test_pareto_front_keeps_only_undominated_trials():
 def test_planner_skips_a_trial_that_cannot_fit(tmp_path, bundled_model_dir, topic_csv):
     from transformers import LlamaConfig
 
-    from conftest import _copy_tokenizer
+    from testdata import copy_tokenizer
 
     big = tmp_path / "big"
     LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                 num_key_value_heads=8, vocab_size=30522).save_pretrained(big)
-    _copy_tokenizer(bundled_model_dir, big)
+    copy_tokenizer(bundled_model_dir, big)
     recipe = load_recipe(_write(tmp_path / "big.yaml", {
         "model": {"name_or_path": str(big), "task": "causal-lm"}, "data": {"train": str(topic_csv), "max_length": 64},
         "hardware": {"name": "t4"}, "train": {"batch_size": 8}}))
