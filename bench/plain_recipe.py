@@ -54,7 +54,7 @@ def plain_recipe(data_set: str, out: Path, extra: dict | None = None) -> Path:
     return path
 
 
-def run_trainer(data_set: str, out: str) -> dict:
+def run_trainer(data_set: str, out: str, max_steps: int | None = None) -> dict:
     """Trainer + PEFT on the plain recipe's settings; runs inside the fresh process."""
     import csv
 
@@ -91,7 +91,7 @@ def run_trainer(data_set: str, out: str) -> dict:
                                              target_modules=lora["target_modules"], task_type=TaskType.SEQ_CLS))
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=train["batch_size"], per_device_eval_batch_size=train["batch_size"],
-        num_train_epochs=train["epochs"], learning_rate=train["lr"], lr_scheduler_type="linear", max_grad_norm=1.0,
+        num_train_epochs=train["epochs"], max_steps=max_steps or -1, learning_rate=train["lr"], lr_scheduler_type="linear", max_grad_norm=1.0,
         seed=train["seed"], data_seed=train["seed"], use_cpu=not torch.cuda.is_available(), bf16=True,
         train_sampling_strategy="group_by_length", dataloader_num_workers=0, dataloader_pin_memory=False,
         eval_strategy="no", save_strategy="no", logging_steps=10, report_to="none", disable_tqdm=True,

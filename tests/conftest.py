@@ -57,6 +57,30 @@ def tiny_llama_dir(tmp_path_factory, bundled_model_dir) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The bundled chat LLM (SmolLM2-135M-Instruct), converted from GGUF once per session."""
+    from leantrain.models import resolve_model_path
+
+    return Path(resolve_model_path("bundled:smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A 2-layer Llama (random init) with SmolLM2's tokenizer and chat template."""
+    from transformers import AutoConfig, LlamaConfig
+
+    base = AutoConfig.from_pretrained(smollm2_dir)
+    path = tmp_path_factory.mktemp("tiny-chat-llama")
+    LlamaConfig(
+        vocab_size=base.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=base.pad_token_id, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
+    ).save_pretrained(path)
+    copy_tokenizer(smollm2_dir, path)
+    return path
+
+
 @pytest.fixture
 def topic_csv(tmp_path) -> Path:
     return write_csv(tmp_path / "topics.csv", make_topic_rows(120))

@@ -51,6 +51,6 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
     """Give a randomly initialised model dir the bundled tokenizer, so tests need no download."""
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "chat_template.jinja"):
         if (src / name).exists():
             (dst / name).write_bytes((src / name).read_bytes())

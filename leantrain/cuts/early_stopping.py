@@ -3,7 +3,9 @@
 Why: runs are routinely left going long after validation loss flattened; every step
 after that is money spent on nothing (or on overfitting). The best weights seen are
 kept in memory (only the trainable ones: with LoRA that is a few hundred KB) and put
-back when training ends.
+back when training ends. With ``target`` set it also stops at the first evaluation that
+reaches a goal: the recipe `leantrain tune` returns uses it, so running that recipe stops
+where the search measured its cost (with the same schedule), not at the end of its epochs.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pydantic import Field
 from leantrain.cuts.base import Cut, CutConfig, register
 from leantrain.errors import UserError
 
-HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall", "auc")
+HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall", "auc", "exact_match", "contains")
 
 
 class EarlyStoppingSettings(CutConfig):
@@ -24,6 +26,8 @@ class EarlyStoppingSettings(CutConfig):
     patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
     restore_best: bool = Field(True, description="Put back the best weights when training ends.")
+    target: float | None = Field(None, description="Also stop at the first evaluation whose metric reaches this value "
+                                 "(at least it when higher is better, at most it otherwise).")
 
 
 class EarlyStopping(Cut):
@@ -62,6 +66,9 @@ class EarlyStopping(Cut):
                 self.best_weights = {
                     n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad
                 }
+            target = self.config.target
+            if target is not None and (value >= target if self.maximize else value <= target):
+                return f"{metric} reached the target {target} ({value:.4f} at step {run.state.step})"
             return None
         self.bad_evals += 1
         if self.bad_evals >= self.config.patience:

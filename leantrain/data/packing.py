@@ -70,12 +70,15 @@ class PackedExamples(Sequence):
 
     def __getitem__(self, index: int) -> dict:
         ids: list[int] = []
+        labels: list[int] = []
         sizes = []
         for doc in self.rows[index]:
-            doc_ids = list(self.documents[doc]["input_ids"])
+            document = self.documents[doc]
+            doc_ids = list(document["input_ids"])
             ids += doc_ids
+            labels += list(document.get("labels", doc_ids))  # chat data carries its own targets
             sizes.append(len(doc_ids))
-        return {"input_ids": ids, "doc_lengths": sizes}
+        return {"input_ids": ids, "labels": labels, "doc_lengths": sizes}
 
     def lengths(self) -> list[int]:
         return self.row_lengths
@@ -101,7 +104,7 @@ class PackedCollator:
             used = len(row["input_ids"])
             ids = torch.tensor(row["input_ids"], dtype=torch.long)
             input_ids[r, :used] = ids
-            labels[r, :used] = ids
+            labels[r, :used] = torch.tensor(row["labels"], dtype=torch.long) if "labels" in row else ids
             start = 0
             for size in row["doc_lengths"]:
                 positions[r, start : start + size] = torch.arange(size)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 # Arrow element type of each token column; vocabularies fit int32, masks and segment ids 0/1.
-LIST_TYPES = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8", "special_tokens_mask": "int8"}
+LIST_TYPES = {"input_ids": "int32", "labels": "int32", "attention_mask": "int8", "token_type_ids": "int8", "special_tokens_mask": "int8"}
 
 
 def column_type(name: str, sample):

@@ -14,6 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
+from leantrain.data.chat import chat_template, conversation, encode_conversations, source_columns
 from leantrain.data.cache import SHARD_ROWS, TokenCache, cache_root, fingerprint, tokenizer_fingerprint
 from leantrain.data.curate import curate_texts
 from leantrain.data.packing import PackedCollator, PackedExamples
@@ -48,8 +51,18 @@ class CausalLMCollator:
         # tokenizers emit them), and generate() rejects them.
         rows = [{k: ex[k] for k in ("input_ids", "attention_mask") if k in ex} for ex in examples]
         batch = self.tokenizer.pad(rows, padding=True, return_tensors="pt")
-        labels = batch["input_ids"].clone()
-        labels[batch["attention_mask"] == 0] = -100
+        if "labels" in examples[0]:  # chat data: the targets were chosen per token (chat.py)
+            labels = torch.full_like(batch["input_ids"], -100)
+            width = labels.shape[1]
+            for r, ex in enumerate(examples):
+                row = torch.tensor(list(ex["labels"]), dtype=torch.long)
+                if self.tokenizer.padding_side == "left":
+                    labels[r, width - len(row):] = row
+                else:
+                    labels[r, : len(row)] = row
+        else:
+            labels = batch["input_ids"].clone()
+            labels[batch["attention_mask"] == 0] = -100
         batch["labels"] = labels
         return batch
 
@@ -98,6 +111,14 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable,
     classify = task == "sequence-classification"
     if data_cfg.pack and task != "causal-lm":
         raise DataError(f"data.pack: packing joins documents into one row, which only causal-lm can train on (model.task is {task}); set data.pack: false")
+    template = None
+    if data_cfg.format != "text":
+        if task != "causal-lm":
+            raise DataError(f"data.format: {data_cfg.format} is chat data, which model.task: causal-lm trains on (model.task is {task})")
+        if data_cfg.streaming:
+            raise DataError(f"data.streaming reads data.format: text only (data.format is {data_cfg.format}); set data.streaming: false")
+        template = chat_template(data_cfg, tokenizer, resolve, getattr(tokenizer, "name_or_path", "the model"))
+        tokenizer.chat_template = template  # saved with the model: predict renders chats as training did
     train_src = open_source(_resolve(data_cfg.train, resolve))
     eval_src = open_source(_resolve(data_cfg.eval, resolve)) if data_cfg.eval else None
     if data_cfg.streaming:
@@ -105,11 +126,11 @@ def load_text_data(data_cfg, task: str, tokenizer, seed: int, resolve: Callable,
     cache = key = None
     if data_cfg.cache:
         cache = TokenCache(cache_root(data_cfg.cache_dir))
-        key = fingerprint(cache_inputs(data_cfg, task, tokenizer, seed, train_src, eval_src))
+        key = fingerprint(cache_inputs(data_cfg, task, tokenizer, seed, train_src, eval_src, template))
         entry = cache.load(key)
         if entry is not None:
             return _text_data(entry.train, entry.eval, entry.meta, tokenizer, data_cfg, classify, hit=True, key=key)
-    train, evaluation, meta = _prepare(data_cfg, classify, tokenizer, seed, train_src, eval_src, check)
+    train, evaluation, meta = _prepare(data_cfg, classify, tokenizer, seed, train_src, eval_src, check, template)
     if cache is not None:
         cache.store(key, train, evaluation, meta)
     return _text_data(train, evaluation, meta, tokenizer, data_cfg, classify, hit=False, key=key)
@@ -146,7 +167,8 @@ def _load_streaming(data_cfg, task: str, tokenizer, seed: int, train_src: Source
     return _text_data(entry.train, entry.eval, entry.meta, tokenizer, data_cfg, classify, hit=hit, key=key)
 
 
-def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, eval_src: Source | None) -> dict:
+def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, eval_src: Source | None,
+                 template: str | None = None) -> dict:
     """Everything that shapes the tokenized examples, and nothing else (irrelevant settings
     such as the seed when an eval file is given would only cause needless misses)."""
     import tokenizers
@@ -168,16 +190,32 @@ def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, e
         # Streaming holds eval rows out by a hash of their text, not by shuffling; and
         # writes labels as names: its entries are its own.
         **({"streaming": True} if data_cfg.streaming else {}),
+        # Chat data: the format, its columns and masking, and the template text itself.
+        **({"chat": {"format": data_cfg.format, **data_cfg.chat.model_dump(), "template": template}} if template else {}),
     }
 
 
 def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, eval_src: Source | None,
-             check: Callable[[], None] = lambda: None):
+             check: Callable[[], None] = lambda: None, template: str | None = None):
     """The uncached path: rows -> split -> curation -> tokens and labels, plus stats."""
-    columns = [data_cfg.text_column] + ([data_cfg.label_column] if classify else [])
-    train_rows = train_src.rows(data_cfg.limit, columns)
+    columns = source_columns(data_cfg) if template else [data_cfg.text_column] + ([data_cfg.label_column] if classify else [])
+
+    def read(src: Source) -> list[dict]:
+        rows = src.rows(data_cfg.limit, columns)
+        if not template:
+            return rows
+        # Checked and converted before the split, so an error names the row of the file.
+        return [{"turns": conversation(row, data_cfg, f"{src.name}: row {i + 1}"), "where": f"{src.name}: row {i + 1}"}
+                for i, row in enumerate(rows)]
+
+    def texts_of(rows: list[dict], source: str) -> list[str]:
+        if template:
+            return ["\n".join(t["content"] for t in r["turns"]) for r in rows]
+        return _texts(rows, data_cfg.text_column, source)
+
+    train_rows = read(train_src)
     if eval_src is not None:
-        eval_rows = eval_src.rows(data_cfg.limit, columns)
+        eval_rows = read(eval_src)
     else:
         # Split before curating: the eval set is then the same with curation on or off,
         # so the two runs are measured on the same rows.
@@ -186,8 +224,8 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
     rows_in = len(train_rows) + len(eval_rows)
     curation = None
     if data_cfg.curate.enabled:
-        train_texts = _texts(train_rows, data_cfg.text_column, train_src.name)
-        eval_texts = _texts(eval_rows, data_cfg.text_column, eval_name)
+        train_texts = texts_of(train_rows, train_src.name)
+        eval_texts = texts_of(eval_rows, eval_name)
         keep, report = curate_texts(train_texts, data_cfg.curate, eval_texts)
         curation = report.to_dict()
         curation.pop("examples")
@@ -195,9 +233,13 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
             raise DataError(f"{train_src.name}: curation removed every training row ({curation['removed_by_reason']})")
         train_rows = [train_rows[i] for i in keep]
 
+    chat_counts: dict[str, int] = {}
+
     def encode(rows: list[dict], source: str) -> list[dict]:
         if not rows:  # eval_fraction: 0 holds nothing out (tokenizers fail on an empty batch)
             return []
+        if template:
+            return encode_chat(rows)
         texts = _texts(rows, data_cfg.text_column, source)
         examples: list[dict] = []
         for start in range(0, len(texts), TOKENIZE_CHUNK):
@@ -206,7 +248,22 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
             examples += [dict(zip(enc.keys(), values)) for values in zip(*enc.values())]
         return examples
 
+    def encode_chat(rows: list[dict]) -> list[dict]:
+        examples: list[dict] = []
+        for start in range(0, len(rows), TOKENIZE_CHUNK):
+            check()
+            chunk = rows[start : start + TOKENIZE_CHUNK]
+            encoded, counts = encode_conversations(tokenizer, [r["turns"] for r in chunk], template, data_cfg.max_length,
+                                                   data_cfg.chat.train_on_inputs, [r["where"] for r in chunk])
+            examples += [ex for ex in encoded if ex is not None]
+            for name, value in counts.items():
+                chat_counts[name] = chat_counts.get(name, 0) + value
+        return examples
+
     train, evaluation = encode(train_rows, train_src.name), encode(eval_rows, eval_name)
+    if template and not train:
+        raise DataError(f"{train_src.name}: data.max_length={data_cfg.max_length} truncates away the answer of every training "
+                        "conversation; raise data.max_length")
     duplicates = sum(curation[k] for k in ("exact_duplicates", "near_duplicates", "eval_overlap")) if curation else 0
     stats = {
         "rows_in": rows_in,
@@ -216,6 +273,11 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
         "duplicates_removed": duplicates,
         "curation": curation,
     }
+    if template:
+        # Examples whose answer truncation removed entirely are dropped (and counted), not
+        # trained on as prompt-only rows with nothing to learn.
+        stats["chat"] = {"format": data_cfg.format, **chat_counts,
+                         "target_fraction": round(chat_counts["target_tokens"] / max(chat_counts["tokens"], 1), 4)}
     meta = {"label_names": None, "majority_label": None, "stats": stats}
     if classify:
         meta.update(_label(train, evaluation, train_rows, eval_rows, data_cfg.label_column, train_src.name, eval_name))

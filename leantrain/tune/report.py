@@ -45,7 +45,17 @@ def _winner(settings, rows: list[dict], front: list[dict]) -> dict | None:
 
 def _best_yaml(settings, winner: dict) -> str:
     data = yaml.safe_load(Path(settings.recipe).read_text(encoding="utf-8")) or {}
-    data = apply_overrides(data, list(settings.overrides) + list(winner["sets"]))
+    stop_at_target = []
+    if settings.target is not None:
+        # Stop where the search measured the cost, on the same schedule: at the first
+        # evaluation reaching the target (patience long enough never to stop before it).
+        every = settings.eval_every or data.get("train", {}).get("eval_every")
+        patience = max(3, winner["steps"] // every + 1) if every else 1000
+        stop_at_target = ["cuts.early_stopping.enabled=true", f"cuts.early_stopping.metric={settings.metric}",
+                          f"cuts.early_stopping.mode={'max' if settings.higher_is_better else 'min'}",
+                          f"cuts.early_stopping.target={settings.target}", f"cuts.early_stopping.patience={patience}"]
+        stop_at_target += [f"train.eval_every={settings.eval_every}"] if settings.eval_every else []
+    data = apply_overrides(data, list(settings.overrides) + list(winner["sets"]) + stop_at_target)
     goal = (f"reached {settings.metric}={winner['metric']:.4g} (target {settings.target}) at step {winner['steps']} "
             f"for ${winner['cost_to_target_usd']:.6f}" if settings.target is not None
             else f"{settings.metric}={winner['metric']:.4g} for ${winner['cost_usd']:.6f}")

@@ -93,6 +93,12 @@ def test_tune_stops_trials_at_the_target_and_writes_the_cheapest(recipe_file, tm
     best = load_recipe(out / "best.yaml")  # the user's recipe with the winner's values, loadable as it is
     winner_recipe = load_recipe(recipe_file, result["winner"]["sets"])
     assert best.train.lr == winner_recipe.train.lr and best.cuts.lora.r == winner_recipe.cuts.lora.r
+    # Run as it is, the returned recipe stops where the search measured its cost.
+    assert best.cuts.early_stopping.enabled and best.cuts.early_stopping.target == 0.0
+    from leantrain import train
+
+    rerun = train(load_recipe(out / "best.yaml", [f"output.dir={tmp_path / 'rerun'}"]), show_progress=False)
+    assert rerun.summary["steps"] == result["winner"]["steps"] == 3 and "reached the target" in rerun.summary["stop_reason"]
     assert (out / "cost_vs_metric.png").stat().st_size > 0 and "| trial |" in (out / "report.md").read_text()
 
 
