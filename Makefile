@@ -11,7 +11,7 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test bench bench-cuts clean browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# Pin torch first: a CPU build (on this machine it installs from local disk in
 	# seconds); an unpinned torch would pull a multi-GB CUDA build.
