@@ -106,27 +106,36 @@ def run_trainer(data_set: str, out: str, max_steps: int | None = None) -> dict:
             "accuracy": metrics["eval_accuracy"]}
 
 
-def run_contender(name: str, data_set: str, extra: dict | None = None) -> dict:
-    """One run in a fresh process; its figures plus the whole process's wall time."""
-    out = Path(tempfile.mkdtemp(prefix=f"plain-{name}-"))
+def _timed(command: list[str], what: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``command`` in a fresh process; it and its wall time, start to exit."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    if name == "leantrain":
-        command = [str(Path(sys.executable).parent / "leantrain"), "train", str(plain_recipe(data_set, out, extra)),
-                   "--no-smoke", "--quiet"]
-    else:
-        command = [sys.executable, __file__, "--trainer", data_set, str(out)]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"{name} on {data_set} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return done, wall
+
+
+def time_leantrain(recipe: Path, run_dir: Path, what: str) -> dict:
+    """``leantrain train RECIPE`` as a user runs it (fresh process, no smoke test): its
+    figures from summary.json plus the whole process's wall time."""
+    command = [str(Path(sys.executable).parent / "leantrain"), "train", str(recipe), "--no-smoke", "--quiet",
+               "--set", f"output.dir={run_dir}"]
+    _, wall = _timed(command, what)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"steps": summary["steps"], "train_seconds": summary["train_seconds"], "accuracy": summary["eval"]["accuracy"],
+            "cost_usd": summary["cost_usd"], "stop_reason": summary["stop_reason"], "wall_seconds": round(wall, 3)}
+
+
+def run_contender(name: str, data_set: str, extra: dict | None = None) -> dict:
+    """One run in a fresh process; its figures plus the whole process's wall time."""
+    out = Path(tempfile.mkdtemp(prefix=f"plain-{name}-"))
     if name == "leantrain":
-        summary = json.loads((out / "run" / "summary.json").read_text())
-        figures = {"steps": summary["steps"], "train_seconds": summary["train_seconds"],
-                   "accuracy": summary["eval"]["accuracy"], "cost_usd": summary["cost_usd"]}
+        figures = time_leantrain(plain_recipe(data_set, out, extra), out / "run", f"leantrain on {data_set}")
     else:
-        figures = json.loads(done.stdout.strip().splitlines()[-1])
-    figures["wall_seconds"] = round(wall, 3)
+        done, wall = _timed([sys.executable, __file__, "--trainer", data_set, str(out)], f"trainer on {data_set}")
+        figures = {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_seconds": round(wall, 3)}
     figures["step_seconds"] = round(figures["train_seconds"] / figures["steps"], 5)
     return figures
 

@@ -18,23 +18,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.plain_recipe import RESULTS, plain_recipe  # noqa: E402
-
-
-def _rerun(best: Path, out: Path) -> dict:
-    """``leantrain train best.yaml`` in a fresh process: its wall time, training time, result."""
-    cmd = [str(Path(sys.executable).parent / "leantrain"), "train", str(best), "--no-smoke", "--quiet",
-           "--set", f"output.dir={out}"]
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    wall = time.perf_counter() - started
-    summary = json.loads((out / "summary.json").read_text())
-    return {"wall_seconds": round(wall, 3), "train_seconds": summary["train_seconds"], "steps": summary["steps"],
-            "accuracy": summary["eval"]["accuracy"], "stop_reason": summary["stop_reason"], "cost_usd": summary["cost_usd"]}
+from bench.plain_recipe import RESULTS, plain_recipe, time_leantrain  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +50,7 @@ def main() -> None:
         trainer_usd = trainer["train_seconds"] * price / 3600
         trainer_run_usd = trainer["wall_seconds"] * price / 3600
         winner = found["winner"]
-        rerun = _rerun(out / "best.yaml", work / "rerun") if winner else None
+        rerun = time_leantrain(out / "best.yaml", work / "rerun", f"best.yaml of {data_set}") if winner else None
         results["sets"][data_set] = {
             "target_accuracy": round(trainer["accuracy"], 4), "price_per_hour": price,
             "trainer_train_usd": round(trainer_usd, 8), "trainer_run_usd": round(trainer_run_usd, 8),

@@ -116,7 +116,7 @@ def _predict(args) -> int:
     texts = read_inputs(args.input, args.text_column)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        for record in predict(args.run_dir, texts, **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})):
+        for record in predict(args.run_dir, texts, max_new_tokens=args.max_new_tokens):
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
         if args.output:

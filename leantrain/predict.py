@@ -103,7 +103,8 @@ def read_inputs(path: str | Path, text_column: str = "text") -> list[str]:
 
 
 @torch.no_grad()
-def predict(run_dir: str | Path, texts: Iterable[str], batch_size: int = 32, max_new_tokens: int = 20) -> Iterator[dict]:
+def predict(run_dir: str | Path, texts: Iterable[str], batch_size: int = 32, max_new_tokens: int | None = None) -> Iterator[dict]:
+    max_new_tokens = max_new_tokens or 20
     model, tokenizer, meta = load_run_model(run_dir)
     texts = list(texts)
     for start in range(0, len(texts), batch_size):
@@ -133,19 +134,19 @@ def chat_reply(model, tokenizer, meta: dict, text: str, max_new_tokens: int) -> 
     any), rendered with the chat template the run trained with; greedy decoding."""
     turns = ([{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []) + [
         {"role": "user", "content": text}]
+    from leantrain.engine.chat_eval import greedy_reply
+
     prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return greedy_reply(model, tokenizer, tokenizer(prompt, add_special_tokens=False)["input_ids"], max_new_tokens)
 
 
 @torch.no_grad()
 def chat(run_dir: str | Path, lines: Iterable[str], write, max_new_tokens: int = 128) -> None:
     """``leantrain predict RUN_DIR --interactive``: one reply per line read (single turns)."""
     model, tokenizer, meta = load_run_model(run_dir)
-    if meta.get("format", "text") == "text" and meta["task"] != "causal-lm":
-        raise UserError(f"{run_dir}: --interactive chats with a causal LM; this run trained a {meta['task']} model")
+    if meta["task"] != "causal-lm" or not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{run_dir}: --interactive needs a causal LM whose tokenizer has a chat template "
+                        f"(this run: {meta['task']}, {'a' if getattr(tokenizer, 'chat_template', None) else 'no'} template)")
     for line in lines:
         if line.strip():
             write(chat_reply(model, tokenizer, meta, line.strip(), max_new_tokens))

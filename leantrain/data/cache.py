@@ -33,12 +33,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from leantrain.data.shards import MappedExamples, column_type
+from leantrain.caches import cache_home
 from leantrain.data.sources import file_sha256
 
 # Bump when the tokenized layout or the preprocessing code changes what an entry holds.
 CACHE_FORMAT = 1
-DEFAULT_DIR = Path("~/.cache/leantrain/tokenized")
-ENV_VAR = "LEANTRAIN_CACHE_DIR"
 MANIFEST = "manifest.json"
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
@@ -56,8 +55,7 @@ def cache_root(cache_dir: str | None = None) -> Path:
     cache (the planner's calibration lives beside the tokenized data)."""
     if cache_dir:
         return Path(cache_dir).expanduser()
-    root = os.environ.get(ENV_VAR)
-    return Path(root).expanduser() / "tokenized" if root else DEFAULT_DIR.expanduser()
+    return cache_home("tokenized")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

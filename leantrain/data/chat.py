@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from leantrain.data.packing import IGNORE_INDEX
 from leantrain.errors import DataError
 
-FORMATS = ("text", "prompt-completion", "alpaca", "messages")
 Role = Literal["system", "user", "assistant"]
 ROLES = ("system", "user", "assistant")
 

@@ -74,11 +74,11 @@ class PackedExamples(Sequence):
         sizes = []
         for doc in self.rows[index]:
             document = self.documents[doc]
-            doc_ids = list(document["input_ids"])
-            ids += doc_ids
-            labels += list(document.get("labels", doc_ids))  # chat data carries its own targets
-            sizes.append(len(doc_ids))
-        return {"input_ids": ids, "labels": labels, "doc_lengths": sizes}
+            ids += list(document["input_ids"])
+            if "labels" in document:  # chat data carries its own targets; text's are its ids
+                labels += list(document["labels"])
+            sizes.append(len(document["input_ids"]))
+        return {"input_ids": ids, "doc_lengths": sizes, **({"labels": labels} if labels else {})}
 
     def lengths(self) -> list[int]:
         return self.row_lengths

@@ -14,8 +14,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-
 from leantrain.data.chat import chat_template, conversation, encode_conversations, source_columns
 from leantrain.data.cache import SHARD_ROWS, TokenCache, cache_root, fingerprint, tokenizer_fingerprint
 from leantrain.data.curate import curate_texts
@@ -44,25 +42,21 @@ class CausalLMCollator:
     """
 
     def __init__(self, tokenizer):
+        from transformers import DataCollatorForSeq2Seq
+
         self.tokenizer = tokenizer
+        # Chat data carries its own labels: this pads them with -100 on the tokenizer's padding side.
+        self.with_labels = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
 
     def __call__(self, examples: list[dict]) -> dict:
         # Only ids and mask: decoder-only models take no token_type_ids (BERT-style
         # tokenizers emit them), and generate() rejects them.
+        if "labels" in examples[0]:  # chat data: the targets were chosen per token (chat.py)
+            return self.with_labels([{k: list(ex[k]) for k in ("input_ids", "attention_mask", "labels")} for ex in examples])
         rows = [{k: ex[k] for k in ("input_ids", "attention_mask") if k in ex} for ex in examples]
         batch = self.tokenizer.pad(rows, padding=True, return_tensors="pt")
-        if "labels" in examples[0]:  # chat data: the targets were chosen per token (chat.py)
-            labels = torch.full_like(batch["input_ids"], -100)
-            width = labels.shape[1]
-            for r, ex in enumerate(examples):
-                row = torch.tensor(list(ex["labels"]), dtype=torch.long)
-                if self.tokenizer.padding_side == "left":
-                    labels[r, width - len(row):] = row
-                else:
-                    labels[r, : len(row)] = row
-        else:
-            labels = batch["input_ids"].clone()
-            labels[batch["attention_mask"] == 0] = -100
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
         batch["labels"] = labels
         return batch
 
@@ -191,7 +185,9 @@ def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, e
         # writes labels as names: its entries are its own.
         **({"streaming": True} if data_cfg.streaming else {}),
         # Chat data: the format, its columns and masking, and the template text itself.
-        **({"chat": {"format": data_cfg.format, **data_cfg.chat.model_dump(), "template": template}} if template else {}),
+        # (Not the evaluation-time generation settings, which shape no token.)
+        **({"chat": {"format": data_cfg.format, **data_cfg.chat.model_dump(exclude={"eval_generate", "max_new_tokens"}),
+                     "template": template}} if template else {}),
     }
 
 

@@ -32,6 +32,16 @@ def last_answer(example: dict) -> tuple[list[int], list[int]]:
     return ids[:start], ids[start:end]
 
 
+def greedy_reply(model, tokenizer, prompt: list[int], max_new_tokens: int) -> str:
+    """The model's greedy continuation of the token ids ``prompt``, as text (special tokens,
+    the end-of-turn one included, left out). Shared by evaluation and ``leantrain predict``."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip()
+
+
 def normalise(text: str) -> str:
     return " ".join(text.lower().split()).strip(string.punctuation + " ")
 
@@ -52,11 +62,8 @@ class ChatTask(CausalLMTask):
         tokenizer, records = self.tokenizer, []
         self.evaluations += 1
         for prompt, answer in self.prompts:
-            ids = torch.tensor([prompt], device=device)
             with forward_context():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
-                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            reply = tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip()
+                reply = greedy_reply(model, tokenizer, prompt, self.max_new_tokens)
             reference = tokenizer.decode(answer, skip_special_tokens=True).strip()
             records.append({"evaluation": self.evaluations, "prompt": tokenizer.decode(prompt, skip_special_tokens=False), "reference": reference,
                             "reply": reply, "exact_match": normalise(reply) == normalise(reference),

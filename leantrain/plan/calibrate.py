@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
+from leantrain.caches import cache_home
+
 CALIBRATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LEANTRAIN_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "leantrain") / "calibration"
+    return cache_home("calibration")
 
 
 def _cpu_model() -> str:
