@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from leantrain.cuts import REGISTRY
 from leantrain.data.chat import ChatSettings
 from leantrain.data.curate import CurateSettings
+from leantrain.data.preference import PreferenceSettings
 from leantrain.errors import RecipeError
 
 
@@ -50,12 +51,14 @@ class DataSection(Section):
     eval: str | None = Field(None, description="Evaluation data (same kinds as `train`); if unset, `eval_fraction` of train is held out.")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out for eval when `eval` is unset (seeded by train.seed).")
     text_column: str = Field("text", description="Column holding the input text.")
-    format: Literal["text", "prompt-completion", "alpaca", "messages"] = Field(
+    format: Literal["text", "prompt-completion", "alpaca", "messages", "preference"] = Field(
         "text",
         description="Causal LM rows: raw `text`, or instruction/chat data rendered through the chat template with the loss on the "
-        "assistant's tokens only: `prompt-completion`, `alpaca` (instruction/input/output) or `messages` (role/content lists). See `data.chat`.",
+        "assistant's tokens only: `prompt-completion`, `alpaca` (instruction/input/output) or `messages` (role/content lists). See `data.chat`. "
+        "`preference`: prompt/chosen/rejected pairs trained with DPO (needs `cuts.lora`; see `data.preference`, docs/preference.md).",
     )
     chat: ChatSettings = Field(default_factory=ChatSettings, description="Columns, role names, template and masking of chat formats.")
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings, description="Columns and DPO settings of `format: preference`.")
     label_column: str = Field("label", description="Column holding the class label (classification only).")
     max_length: int = Field(128, ge=2, description="Tokens kept per example; longer texts are truncated. Batches are padded only to their longest row.")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows of each file (quick trials).")
@@ -104,6 +107,7 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables clipping.")
     seed: int = Field(42, description="Seeds Python, NumPy and torch, and the eval split.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; null means once per epoch.")
+    eval_at_start: bool = Field(False, description="Also evaluate the starting model before the first step (summary `extras.eval_at_start`): the before of a before/after.")
     log_every: int = Field(10, ge=1, description="Write a metrics line every N optimizer steps.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="`auto` picks CUDA when present, else CPU.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null keeps torch's default.")

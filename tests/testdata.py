@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TOPIC_WORDS = {
@@ -54,3 +58,32 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "chat_template.jinja"):
         if (src / name).exists():
             (dst / name).write_bytes((src / name).read_bytes())
+
+
+def train_in_subprocesses(tmp_path_factory, cases: dict[str, tuple[str, dict]]) -> dict[str, subprocess.CompletedProcess]:
+    """For each case's (train.jsonl text, recipe), `leantrain train recipe.yaml --no-smoke`
+    in a folder of its own, as a user runs it: two at a time with one OpenMP thread each
+    (processes each using every core would oversubscribe the CPU)."""
+    import yaml
+
+    folders = {}
+    for case, (text, recipe) in cases.items():
+        folder = folders[case] = tmp_path_factory.mktemp(case.replace(" ", "_"))
+        (folder / "train.jsonl").write_text(text, encoding="utf-8")
+        recipe = {**recipe, "output": {"dir": str(folder / "run")}}
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda folder: subprocess.run([sys.executable, "-m", "leantrain", "train", "recipe.yaml", "--no-smoke"], cwd=folder,
+                                        capture_output=True, text=True, env=env, timeout=300)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case: pool.submit(run, folder) for case, folder in folders.items()}
+        return {case: f.result() for case, f in futures.items()}
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragments) -> None:
+    """How a user error reads: exit code 2 and one line on stderr holding every fragment."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

@@ -17,7 +17,7 @@ from pydantic import Field
 from leantrain.cuts.base import Cut, CutConfig, register
 from leantrain.errors import UserError
 
-HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall", "auc", "exact_match", "contains")
+HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall", "auc", "exact_match", "contains", "margin")
 
 
 class EarlyStoppingSettings(CutConfig):

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from leantrain.data import preference
 from leantrain.data.chat import chat_template, conversation, encode_conversations, source_columns
 from leantrain.data.cache import SHARD_ROWS, TokenCache, cache_root, fingerprint, tokenizer_fingerprint
 from leantrain.data.curate import curate_texts
@@ -187,22 +188,32 @@ def cache_inputs(data_cfg, task: str, tokenizer, seed: int, train_src: Source, e
         # Chat data: the format, its columns and masking, and the template text itself.
         # (Not the evaluation-time generation settings, which shape no token.)
         **({"chat": {"format": data_cfg.format, **data_cfg.chat.model_dump(exclude={"eval_generate", "max_new_tokens"}),
-                     "template": template}} if template else {}),
+                     "template": template, **_pair_key(data_cfg)}} if template else {}),
     }
+
+
+def _pair_key(data_cfg) -> dict:
+    return {"preference": preference.cache_key(data_cfg)} if data_cfg.format == preference.PREFERENCE else {}
+
+
+def _conversation(row: dict, data_cfg, where: str) -> dict:
+    return {"turns": conversation(row, data_cfg, where), "where": where}
 
 
 def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, eval_src: Source | None,
              check: Callable[[], None] = lambda: None, template: str | None = None):
     """The uncached path: rows -> split -> curation -> tokens and labels, plus stats."""
-    columns = source_columns(data_cfg) if template else [data_cfg.text_column] + ([data_cfg.label_column] if classify else [])
+    pairs = data_cfg.format == preference.PREFERENCE  # a prompt with a chosen and a rejected response
+    columns = ((preference.columns if pairs else source_columns)(data_cfg) if template
+               else [data_cfg.text_column] + ([data_cfg.label_column] if classify else []))
+    record = preference.pair if pairs else _conversation
 
     def read(src: Source) -> list[dict]:
         rows = src.rows(data_cfg.limit, columns)
         if not template:
             return rows
         # Checked and converted before the split, so an error names the row of the file.
-        return [{"turns": conversation(row, data_cfg, f"{src.name}: row {i + 1}"), "where": f"{src.name}: row {i + 1}"}
-                for i, row in enumerate(rows)]
+        return [record(row, data_cfg, f"{src.name}: row {i + 1}") for i, row in enumerate(rows)]
 
     def texts_of(rows: list[dict], source: str) -> list[str]:
         if template:
@@ -249,8 +260,11 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
         for start in range(0, len(rows), TOKENIZE_CHUNK):
             check()
             chunk = rows[start : start + TOKENIZE_CHUNK]
-            encoded, counts = encode_conversations(tokenizer, [r["turns"] for r in chunk], template, data_cfg.max_length,
-                                                   data_cfg.chat.train_on_inputs, [r["where"] for r in chunk])
+            if pairs:
+                encoded, counts = preference.encode_pairs(tokenizer, chunk, template, data_cfg.max_length)
+            else:
+                encoded, counts = encode_conversations(tokenizer, [r["turns"] for r in chunk], template, data_cfg.max_length,
+                                                       data_cfg.chat.train_on_inputs, [r["where"] for r in chunk])
             examples += [ex for ex in encoded if ex is not None]
             for name, value in counts.items():
                 chat_counts[name] = chat_counts.get(name, 0) + value
@@ -310,8 +324,12 @@ def _text_data(train, evaluation, meta: dict, tokenizer, data_cfg, classify: boo
     stats = {**meta["stats"], "cache_hit": hit, "cache_key": key}
     if classify:
         return TextData(train, evaluation, DataCollatorWithPadding(tokenizer), meta["label_names"], meta["majority_label"], stats)
+    if data_cfg.format == preference.PREFERENCE:
+        train, evaluation = preference.PairExamples(train), preference.PairExamples(evaluation)
     train_lengths = read_lengths(train)  # from the storage when it knows them
     stats["tokens_train"] = sum(train_lengths)  # a language model's data size (its model card)
+    if data_cfg.format == preference.PREFERENCE:
+        return TextData(train, evaluation, preference.PreferenceCollator(tokenizer.pad_token_id), stats=stats)
     if not data_cfg.pack:
         return TextData(train, evaluation, CausalLMCollator(tokenizer), stats=stats)
     # Packed after the cache (deterministically), so packing on or off shares one entry.

@@ -186,6 +186,9 @@ def _train(recipe: Recipe, parallel: Parallel, resume: str | None, show_progress
 
         try:
             signals.check()  # a signal during data preparation: stop before training
+            if recipe.train.eval_at_start and resume_point is None:
+                run.extras["eval_at_start"] = session.evaluate()
+                run.log({"event": "eval_at_start", **run.extras["eval_at_start"]})
             fit(run, cuts, session.task, session.batches_from, session.evaluate, session.steps_per_epoch,
                 checkpointer, _agreed(parallel, budget_guard(recipe)) if budget_set else budget_guard(recipe))
             state = run.state

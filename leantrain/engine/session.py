@@ -194,8 +194,10 @@ class Session:
 
 def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
     from leantrain.data.text import load_text_data
+    from leantrain.engine.preference import PreferenceTask, check_recipe
     from leantrain.models import load_model, load_tokenizer
 
+    check_recipe(recipe)  # a preference recipe DPO cannot run fails before anything loads
     tokenizer = load_tokenizer(recipe.model)
     started = time.perf_counter()
     data = load_text_data(recipe.data, recipe.model.task, tokenizer, recipe.train.seed, recipe.resolve_path, check)
@@ -208,7 +210,9 @@ def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
         check_model_packs(model)
     task = ClassificationTask(data.majority_label) if recipe.model.task == "sequence-classification" else CausalLMTask()
     chat = recipe.data.chat
-    if recipe.data.format != "text" and chat.eval_generate:
+    if recipe.data.format == "preference":
+        task = PreferenceTask(recipe.data.preference.beta)
+    elif recipe.data.format != "text" and chat.eval_generate:
         from leantrain.engine.chat_eval import ChatTask
 
         task = ChatTask(tokenizer, data.eval, chat.eval_generate, chat.max_new_tokens, recipe.run_dir() / "samples.jsonl")

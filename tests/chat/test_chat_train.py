@@ -3,26 +3,21 @@ packing (same per-document losses as unpacked), and bad input as a user meets it
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from leantrain import train
 from leantrain.data.chat import encode_conversations
 from leantrain.data.packing import IGNORE_INDEX, PackedCollator, PackedExamples
 from leantrain.data.text import CausalLMCollator
+from testdata import assert_one_line_error, train_in_subprocesses
 
 # One answer: a 2-layer, 32-wide random model learns to give it and stop within a few dozen
 # steps (it does not learn a mapping of several in that time).
 COLOURS = {"sky": "blue"}
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def chats(n: int, seed: int) -> list[dict]:
@@ -122,31 +117,16 @@ BAD = {
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory, tiny_chat_llama_dir, tiny_llama_dir):
-    commands = {}
-    for case, (text, options, _) in BAD.items():
-        folder = tmp_path_factory.mktemp(case.replace(" ", "_"))
-        (folder / "train.jsonl").write_text(text, encoding="utf-8")
-        model = tiny_llama_dir if options.get("template_less") else tiny_chat_llama_dir
-        recipe = {"model": {"name_or_path": str(model), "task": "causal-lm", "from_scratch": True},
-                  "data": {"train": "train.jsonl", "format": "messages", "eval_fraction": 0.0},
-                  "train": {"epochs": 1, "batch_size": 2}, "output": {"dir": str(folder / "run")}}
-        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
-        commands[case] = folder
-    run = lambda folder: subprocess.run([sys.executable, "-m", "leantrain", "train", "recipe.yaml", "--no-smoke"], cwd=folder,
-                                        capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {case: pool.submit(run, folder) for case, folder in commands.items()}
-        return {case: f.result() for case, f in futures.items()}
+    recipe = lambda options: {
+        "model": {"name_or_path": str(tiny_llama_dir if options.get("template_less") else tiny_chat_llama_dir),
+                  "task": "causal-lm", "from_scratch": True},
+        "data": {"train": "train.jsonl", "format": "messages", "eval_fraction": 0.0}, "train": {"epochs": 1, "batch_size": 2}}
+    return train_in_subprocesses(tmp_path_factory, {case: (text, recipe(options)) for case, (text, options, _) in BAD.items()})
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_chat_data_exits_2_with_one_line_naming_file_row_and_key(bad_runs, case):
-    proc = bad_runs[case]
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for fragment in BAD[case][2]:
-        assert fragment in lines[0], (fragment, lines[0])
+    assert_one_line_error(bad_runs[case], BAD[case][2])
 
 
 def test_the_generated_turn_is_the_last_answer_of_the_conversation():
