@@ -64,6 +64,7 @@ bench-cuts: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/data_cache.py
 	$(BIN)/python bench/prefetch.py --steps 8
 	$(BIN)/python bench/planner_accuracy.py
+	$(BIN)/python bench/plan_published.py
 	$(BIN)/python bench/compress.py
 	$(BIN)/python bench/fast_dropout.py
 

@@ -35,12 +35,12 @@ def lm_csv(tmp_path_factory):
     return path
 
 
-def lm_recipe(tiny_llama_dir, lm_csv, out, cuts=None) -> dict:
+def lm_recipe(tiny_llama_dir, lm_csv, out, cuts=None, **train_settings) -> dict:
     return {
         "model": {"name_or_path": str(tiny_llama_dir), "task": "causal-lm", "from_scratch": True},
         "data": {"train": str(lm_csv), "eval_fraction": 0.2, "max_length": 32},
         "cuts": cuts or {},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 2e-2, "seed": 0, "log_every": 1},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 2e-2, "seed": 0, "log_every": 1, **train_settings},
         "output": {"dir": str(out)},
     }
 
@@ -50,7 +50,7 @@ def runs(tiny_llama_dir, lm_csv, tmp_path_factory):
     root = tmp_path_factory.mktemp("lm-runs")
     return {
         "full": train(lm_recipe(tiny_llama_dir, lm_csv, root / "full"), show_progress=False),
-        "lora": train(lm_recipe(tiny_llama_dir, lm_csv, root / "lora", {"lora": {"r": 8}}), show_progress=False),
+        "lora": train(lm_recipe(tiny_llama_dir, lm_csv, root / "lora", {"lora": {"r": 8}}, eval_at_start=True), show_progress=False),
     }
 
 
@@ -71,6 +71,18 @@ def test_causal_lm_trains_and_reports_perplexity(runs, name):
     assert set(ev) == {"loss", "perplexity"}
     assert ev["perplexity"] == pytest.approx(math.exp(ev["loss"]), rel=1e-9)
     assert ev["loss"] < first_train_loss(runs[name].run_dir) - 0.05  # it learned something
+
+
+def test_eval_at_start_measures_the_starting_model_before_the_first_step(runs):
+    lora, full = runs["lora"], runs["full"]
+    events = [json.loads(line) for line in (lora.run_dir / "metrics.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names.index("eval_at_start") < names.index("train")
+    before = lora.summary["extras"]["eval_at_start"]
+    assert before == {k: v for k, v in events[names.index("eval_at_start")].items() if k in before}
+    assert set(before) == {"loss", "perplexity"}
+    assert before["loss"] > lora.summary["eval"]["loss"] + 0.05  # the before of a before/after
+    assert "eval_at_start" not in full.summary["extras"]
 
 
 def test_full_training_learns_the_phrases(runs, tiny_llama_dir):

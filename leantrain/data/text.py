@@ -196,6 +196,16 @@ def _pair_key(data_cfg) -> dict:
     return {"preference": preference.cache_key(data_cfg)} if data_cfg.format == preference.PREFERENCE else {}
 
 
+def row_columns(data_cfg, classify: bool = False) -> list[str]:
+    """The columns a row of ``data.format`` is read from: a chat or preference file has no
+    text column (the planner counts rows with the same columns a run reads)."""
+    if data_cfg.format == preference.PREFERENCE:
+        return preference.columns(data_cfg)
+    if data_cfg.format != "text":
+        return source_columns(data_cfg)
+    return [data_cfg.text_column] + ([data_cfg.label_column] if classify else [])
+
+
 def _conversation(row: dict, data_cfg, where: str) -> dict:
     return {"turns": conversation(row, data_cfg, where), "where": where}
 
@@ -204,8 +214,7 @@ def _prepare(data_cfg, classify: bool, tokenizer, seed: int, train_src: Source, 
              check: Callable[[], None] = lambda: None, template: str | None = None):
     """The uncached path: rows -> split -> curation -> tokens and labels, plus stats."""
     pairs = data_cfg.format == preference.PREFERENCE  # a prompt with a chosen and a rejected response
-    columns = ((preference.columns if pairs else source_columns)(data_cfg) if template
-               else [data_cfg.text_column] + ([data_cfg.label_column] if classify else []))
+    columns = row_columns(data_cfg, classify)
     record = preference.pair if pairs else _conversation
 
     def read(src: Source) -> list[dict]:

@@ -194,6 +194,7 @@ class Session:
 
 def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
     from leantrain.data.text import load_text_data
+    from leantrain.data.preference import PREFERENCE
     from leantrain.engine.preference import PreferenceTask, check_recipe
     from leantrain.models import load_model, load_tokenizer
 
@@ -210,7 +211,7 @@ def load_hf_parts(recipe: Recipe, check: Callable[[], None] = lambda: None):
         check_model_packs(model)
     task = ClassificationTask(data.majority_label) if recipe.model.task == "sequence-classification" else CausalLMTask()
     chat = recipe.data.chat
-    if recipe.data.format == "preference":
+    if recipe.data.format == PREFERENCE:
         task = PreferenceTask(recipe.data.preference.beta)
     elif recipe.data.format != "text" and chat.eval_generate:
         from leantrain.engine.chat_eval import ChatTask

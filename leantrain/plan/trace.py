@@ -55,7 +55,12 @@ class LargestOutput(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += not func.is_view  # views (t, expand, detach, ...) change metadata only: no kernel
         out = func(*args, **(kwargs or {}))
-        size = sum(t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        # An output that shares an input's storage (a view such as the lm_head weight's
+        # transpose, an in-place op) allocates nothing; counting its storage made a
+        # tied 250k-vocab embedding matrix the "largest transient" of a BLOOM step.
+        inputs = {_storage_key(t)[0] for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        size = sum(nbytes for key, nbytes in {_storage_key(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
+                   if key not in inputs)
         self.largest = max(self.largest, size)
         return out
 

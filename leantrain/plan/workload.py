@@ -75,6 +75,9 @@ def _measure(recipe, accumulation: int, rows: int | None, sized: bool) -> Worklo
     except UserError as exc:
         fallback.train_rows = rows if rows is not None else _count_rows(recipe)
         fallback.notes.append(f"no tokenizer ({exc}): sequence length = data.max_length")
+        if recipe.data.pack and rows is None:
+            fallback.notes.append("data.pack without a tokenizer: the rows counted are documents, and packed rows of "
+                                  "data.max_length are fewer (so are steps); pass --tokens N for the packed run")
         return fallback
     from leantrain.data.text import load_text_data
 
@@ -107,10 +110,10 @@ def _missing_data(recipe) -> str | None:
 def _count_rows(recipe) -> int:
     """Training rows without tokenizing: the file's rows minus the held-out eval share."""
     from leantrain.data.sources import open_source
-    from leantrain.data.text import _resolve
+    from leantrain.data.text import _resolve, row_columns
 
     source = open_source(_resolve(recipe.data.train, recipe.resolve_path))
-    count = len(source.rows(recipe.data.limit, [recipe.data.text_column]))
+    count = len(source.rows(recipe.data.limit, row_columns(recipe.data)))
     if recipe.data.eval is None and recipe.data.eval_fraction > 0:
         count -= max(1, round(count * recipe.data.eval_fraction))  # as the run's split holds out
     return count
