@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test bench bench-cuts clean browser
+.PHONY: demo demo-llm test bench bench-cuts bench-llm clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ data/demo/fortunes.csv: examples/fortunes.py
 demo: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/leantrain train examples/demo.yaml
 
+data/demo-llm/train.jsonl: examples/docstring_chat.py
+	$(BIN)/python examples/docstring_chat.py --output data/demo-llm
+
+# The LLM demo: LoRA instruction tuning of SmolLM2-135M-Instruct (bundled:smollm2); the
+# summary holds the model's held-out figures before the first step and after the last.
+demo-llm: $(STAMP) data/demo-llm/train.jsonl
+	$(BIN)/leantrain train examples/demo-llm.yaml
+	$(BIN)/python examples/before_after.py runs/demo-llm
+
 # The dashboard and report tests drive Debian's Chromium through Playwright (no browser
 # download). Installed here when missing and we are root; otherwise those tests skip,
 # except under CI=true, where they fail.
@@ -45,7 +54,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-# The comparisons against the alternatives (docs/benchmarks.md): about 55 minutes here.
+# The comparisons against the alternatives (docs/benchmarks.md): about 85 minutes here.
 # The demo recipe against the Trainer, then the plain recipe on two held-out sets built
 # from Debian/PyPI data (bench/heldout_data.py), what each default buys there, and what
 # `leantrain tune` finds there with the Trainer's accuracy as the target.
@@ -54,7 +63,16 @@ bench: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/plain_recipe.py --rounds 3
 	$(BIN)/python bench/defaults.py --rounds 3 --steps 60
 	$(BIN)/python bench/tune_heldout.py --trials 12 --eval-every 20
+	$(MAKE) bench-llm
 	$(BIN)/python scripts/update_readme.py
+
+# The LLM demo's cost ladder (full fp32 fine-tune -> LoRA -> + bf16 -> + packing ->
+# + checkpointing) and leantrain against TRL's SFTTrainer + PEFT (about 30 minutes).
+bench-llm: $(STAMP) data/demo-llm/train.jsonl
+	$(BIN)/leantrain ablate examples/demo-llm.yaml --steps 12 --no-alone --output docs/ablate-llm \
+	  --cuts lora,precision,packing,gradient_checkpointing \
+	  --set train.eval_at_start=false --set data.chat.max_new_tokens=6
+	$(BIN)/python bench/vs_trl.py --rounds 3
 
 # What each cut and component buys on its own: the ablation ladder, data pipeline,
 # planner accuracy, compression and the dropout kernel (about 20 minutes).
@@ -69,4 +87,4 @@ bench-cuts: $(STAMP) data/demo/fortunes.csv
 	$(BIN)/python bench/fast_dropout.py
 
 clean:
-	rm -rf $(VENV) runs data/demo
+	rm -rf $(VENV) runs data/demo data/demo-llm

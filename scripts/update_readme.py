@@ -19,7 +19,9 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results"
 ABLATION = ROOT / "docs" / "ablate-demo-98" / "ablation.json"
 BLOCKS = {"results": ("<!-- results:start -->\n", "<!-- results:end -->"),
-          "reference": ("<!-- recipe-reference:start -->\n", "<!-- recipe-reference:end -->")}
+          "reference": ("<!-- recipe-reference:start -->\n", "<!-- recipe-reference:end -->"),
+          "llm-demo": ("<!-- llm-demo:start -->\n", "<!-- llm-demo:end -->")}
+LLM_DEMO = RESULTS / "demo_llm.json"
 
 
 def _load(path: Path) -> dict:
@@ -112,9 +114,29 @@ def _plain_rows() -> list[str]:
     return lines
 
 
+def render_llm_demo() -> str:
+    """The LLM demo's before/after (``examples/before_after.py --save``)."""
+    demo = _load(LLM_DEMO)
+    before, after = demo["before"], demo["after"]
+    lines = [f"Measured on {demo['cpu']}, 2 cores, no GPU; leantrain commit {demo['commit']}; "
+             f"{demo['steps']} steps, {demo['train_seconds']:.0f} s of training, ${demo['cost_usd']:.4f}. "
+             f"{demo['eval_rows']} held-out conversations; always answering the most common library "
+             f"({demo['majority_label']}) would score {demo['majority_rate']:.3f}.", "",
+             "| held-out | before (SmolLM2-135M-Instruct) | after (LoRA, 2 epochs) |", "|---|---|---|"]
+    for key in ("perplexity", "exact_match", "contains"):
+        lines.append(f"| {key} | {before[key]:.3f} | {after[key]:.3f} |")
+    lines += ["", "| docstring | reference | before | after |", "|---|---|---|---|"]
+    for ex in demo["examples"]:
+        cells = [ex["docstring"], ex["reference"], ex["before"], ex["after"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render(name: str) -> str:
     if name == "results":
         return render_results()
+    if name == "llm-demo":
+        return render_llm_demo()
     from leantrain.recipe import reference_markdown
 
     return reference_markdown()

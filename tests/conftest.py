@@ -21,6 +21,19 @@ if "LEANTRAIN_CACHE_DIR" not in os.environ:
 from testdata import copy_tokenizer, make_topic_rows, write_csv  # noqa: E402  (shared with test modules)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_bf16_as_native(monkeypatch):
+    """bf16 tests exercise the bf16 path whatever CPU runs the suite: the precision cut's
+    fallback to fp32 on CPUs without native bf16 is tested on its own (test_cut_precision)."""
+    import leantrain.cuts.precision as precision
+
+    def native(*args, **kwargs) -> float:
+        return 0.5
+
+    native.measure = precision.cpu_bf16_slowdown  # the real probe, for the test of the probe itself
+    monkeypatch.setattr(precision, "cpu_bf16_slowdown", native)
+
+
 @pytest.fixture(scope="session")
 def bundled_model_dir() -> Path:
     from leantrain.models import resolve_model_path

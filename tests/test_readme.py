@@ -40,6 +40,12 @@ def test_results_table_is_generated_from_the_latest_bench_results():
     assert updater.block(README, "results") == updater.render_results()
 
 
+def test_llm_demo_figures_are_generated_from_the_saved_run():
+    updater = _updater()
+    assert updater.block(README, "llm-demo") == updater.render_llm_demo()
+    assert "| exact_match |" in updater.render_llm_demo()
+
+
 def test_recipe_reference_in_readme_is_generated_from_the_schema():
     updater = _updater()
     assert updater.block(README, "reference") == updater.render("reference")

@@ -50,3 +50,22 @@ def test_exploding_learning_rate_fails_the_overfit_check_with_the_reason(tmp_pat
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "train.lr=10000.0" in err[0] and "overfit" in err[0]
     assert "[pass] shapes and finite loss" in done.stdout
+
+
+def test_a_recipe_with_early_stopping_passes_smoke(tmp_path, tiny_bert_dir):
+    # The smoke run evaluates nothing; early stopping must not mistake that for a missing metric.
+    data = write_csv(tmp_path / "d.csv", make_topic_rows(64))
+    done = smoke(str(REPO / "examples/demo.yaml"), "--set", f"data.train={data}", "--set", f"model.name_or_path={tiny_bert_dir}", "--set", "model.from_scratch=true",
+                 "--set", "cuts.lora=false", "--set", "cuts.frozen_prefix=false",
+                 "--set", "cuts.early_stopping.metric=accuracy", "--set", "cuts.early_stopping.patience=2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[pass] overfit one batch" in done.stdout and "smoke test passed" in done.stdout
+
+
+def test_early_stopping_without_eval_data_is_refused_in_one_line(tmp_path, tiny_bert_dir):
+    data = write_csv(tmp_path / "d.csv", make_topic_rows(64))
+    done = smoke(str(REPO / "examples/demo.yaml"), "--set", f"data.train={data}", "--set", f"model.name_or_path={tiny_bert_dir}", "--set", "model.from_scratch=true",
+                 "--set", "data.eval_fraction=0", "--set", "cuts.early_stopping=true")
+    assert done.returncode == 2, done.stdout + done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "cuts.early_stopping needs eval data" in err[0] and "data.eval_fraction" in err[0]

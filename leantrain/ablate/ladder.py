@@ -17,11 +17,14 @@ from leantrain.cuts import REGISTRY
 from leantrain.errors import UserError
 from leantrain.recipe import Recipe
 
-# Length bucketing is a train setting, not a registered cut, but it is a cost cut all the same.
+# Length bucketing and sequence packing are recipe settings, not registered cuts, but they
+# are cost cuts all the same: each is turned on and off by one recipe key.
 BUCKETING = "bucketing"
+PACKING = "packing"
+SETTING_CUTS = {BUCKETING: "train.bucket_by_length", PACKING: "data.pack"}
 # The order cuts are layered in: what changes the model first, then memory, then speed,
 # then what changes the number of steps. Cuts not listed follow in registry order.
-PREFERRED_ORDER = ("warm_start", "lora", "precision", "gradient_checkpointing", BUCKETING,
+PREFERRED_ORDER = ("warm_start", "lora", "precision", PACKING, "gradient_checkpointing", BUCKETING,
                    "curriculum", "grad_accumulation", "early_stopping")
 # Added to the ladder when the recipe lacks them: they save memory without changing the
 # maths, so they are worth measuring on any model.
@@ -65,12 +68,13 @@ def _label(name: str, recipe: Recipe, value: str | None) -> str:
 def _ladder_cut(name: str, value: str | None, recipe: Recipe, full_lr: float) -> LadderCut:
     """How to turn ``name`` on and off on top of ``recipe``."""
     label = _label(name, recipe, value)
-    if name == BUCKETING:
-        in_recipe = recipe.train.bucket_by_length and value is None
-        on = () if in_recipe else ("train.bucket_by_length=true",)
-        return LadderCut(name, label, on, ("train.bucket_by_length=false",))
+    if name in SETTING_CUTS:
+        key = SETTING_CUTS[name]
+        section, field_name = key.split(".")
+        in_recipe = getattr(getattr(recipe, section), field_name) and value is None
+        return LadderCut(name, label, () if in_recipe else (f"{key}=true",), (f"{key}=false",))
     if name not in REGISTRY:
-        raise UserError(f"ablate --cuts: unknown cut {name!r}; known: {', '.join(sorted(REGISTRY) + [BUCKETING])}")
+        raise UserError(f"ablate --cuts: unknown cut {name!r}; known: {', '.join(sorted(REGISTRY) + list(SETTING_CUTS))}")
     in_recipe = getattr(recipe.cuts, name).enabled and value is None
     on: tuple[str, ...] = () if in_recipe else (f"cuts.{name}={value or 'true'}",)
     off: tuple[str, ...] = (f"cuts.{name}=false",)
@@ -96,8 +100,8 @@ def _requested(spec: list[str] | None, recipe: Recipe) -> list[tuple[str, str | 
         return pairs
     names = list(recipe.enabled_cuts())
     names += [n for n in SUGGESTED if n in REGISTRY and n not in names]
-    if recipe.train.bucket_by_length:
-        names.append(BUCKETING)
+    names += [name for name, key in SETTING_CUTS.items()
+              if getattr(getattr(recipe, key.split(".")[0]), key.split(".")[1])]
     rank = {n: i for i, n in enumerate(PREFERRED_ORDER)}
     names.sort(key=lambda n: (rank.get(n, len(rank)), REGISTRY[n].order if n in REGISTRY else 0))
     return [(n, None) for n in names]

@@ -141,6 +141,12 @@ def _quality(evaluation: dict, target: tuple[str, float] | None) -> tuple[str | 
     return None, None
 
 
+def _tokens_per_second(summary: dict) -> float | None:
+    tokens, epochs = (summary.get("data") or {}).get("tokens_train"), summary.get("epochs")
+    seconds = summary.get("train_seconds")
+    return round(tokens * epochs / seconds, 1) if tokens and epochs and seconds else None
+
+
 def _row(rung: Rung, run_dir: Path, summary: dict, price: float, settings: AblationSettings) -> dict:
     steps = summary.get("steps", 0)
     seconds = summary.get("train_seconds", 0.0)
@@ -157,6 +163,9 @@ def _row(rung: Rung, run_dir: Path, summary: dict, price: float, settings: Ablat
         "peak_rss_bytes": summary.get("peak_rss_bytes"),
         "memory_breakdown": (summary.get("extras") or {}).get("memory_breakdown"),
         "samples_per_second": summary.get("samples_per_second"),
+        # Real (unpadded) training tokens per second: what compares a packed rung, whose
+        # "sample" is a row of several documents, with an unpacked one.
+        "tokens_per_second": _tokens_per_second(summary),
         "train_seconds": seconds,
         "seconds_per_step": round(seconds / steps, 4) if steps else None,
         "data_wait_fraction": summary.get("data_wait_fraction"),
@@ -198,6 +207,7 @@ def _run_rung(settings: AblationSettings, rung: Rung, run_dir: Path, price: floa
     if (code == 0 or at_target) and summary_path.is_file():
         row = _row(rung, run_dir, json.loads(summary_path.read_text(encoding="utf-8")), price, settings)
         echo(f"  {row['status']}: {(row['peak_memory_bytes'] or 0) / 1e6:.0f} MB, {row['samples_per_second']} samples/s, "
+             f"{row['tokens_per_second']} tokens/s, "
              f"${row['cost_usd']:.5f}, {row['metric']}={row['metric_value']}", flush=True)
     else:
         tail = (run_dir / "ablate.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]

@@ -17,8 +17,8 @@ def register(subparsers) -> dict:
     price.add_argument("--gpu", metavar="NAME", help="price the runs at this catalog accelerator's hourly price")
     parser.add_argument("--spot", action="store_true", help="with --gpu: use the spot price")
     parser.add_argument("--cuts", metavar="CUT[=VALUE],...",
-                        help="cuts to layer, in order (`bucketing` = train.bucket_by_length); default: the recipe's "
-                             "cuts plus gradient_checkpointing and length bucketing")
+                        help="cuts to layer, in order (`bucketing` = train.bucket_by_length, `packing` = data.pack); "
+                             "default: the recipe's cuts (bucketing and packing when it turns them on) plus gradient_checkpointing")
     parser.add_argument("--no-alone", action="store_true", help="skip the rungs with each cut alone")
     parser.add_argument("--from-scratch", action="store_true", help="also run the baseline from random init")
     parser.add_argument("--full-lr", type=float, metavar="LR",

@@ -33,6 +33,9 @@ class PrecisionSettings(CutConfig):
         True, description="With bf16 on a CPU, swap a transformers model's fused SDPA attention for matmul attention "
         "(the same math; with `cuts.fast_dropout` its attention dropout is cheap, and the fused kernel's bf16 backward "
         "is slow there: bench/defaults.py). No effect on a GPU or in fp32.")
+    cpu_fallback: bool = Field(
+        True, description="On a CPU, time one bf16 and one fp32 matmul at setup; where bf16 is slower (no AVX-512 BF16 "
+        "or AMX: bf16 is emulated, measured 5-100x slower on an AVX2-only EPYC), train in fp32 instead and say so.")
 
 
 def check_device_supports(dtype: str, device: torch.device, key: str = "cuts.precision") -> None:
@@ -41,6 +44,24 @@ def check_device_supports(dtype: str, device: torch.device, key: str = "cuts.pre
         raise DeviceError(f"{key}: fp16 needs a CUDA device (this run is on {device.type}); use bf16 here")
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError(f"{key}: this GPU has no bf16 support (pre-Ampere); use fp16")
+
+
+def cpu_bf16_slowdown(size: int = 256, repeats: int = 3) -> float:
+    """How many times slower a bf16 matmul runs than fp32 on this CPU (best of ``repeats``).
+    Measured, not read from CPU flags: the flags do not say which kernels a torch build uses."""
+    import time
+
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(size, 2 * size, dtype=dtype), torch.randn(4 * size, 2 * size, dtype=dtype)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            (a @ b.t()).sum()
+            torch.randn(size, 4 * size, dtype=dtype) @ b  # the backward's layout, the slowest when emulated
+            best = min(best, time.perf_counter() - started)
+        timings[dtype] = best
+    return timings[torch.bfloat16] / timings[torch.float32]
 
 
 def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
@@ -85,6 +106,13 @@ class Precision(Cut):
 
     def setup(self, run) -> None:
         check_device_supports(self.config.dtype, run.device)
+        if self.config.dtype == "bf16" and run.device.type == "cpu" and self.config.cpu_fallback:
+            slowdown = cpu_bf16_slowdown()
+            if slowdown > 1.0:
+                run.extras["precision"] = f"fp32: a bf16 matmul measured {slowdown:.1f}x slower than fp32 on this CPU"
+                print(f"leantrain: cuts.precision: bf16 measured {slowdown:.1f}x slower than fp32 on this CPU "
+                      "(no native bf16 units); training in fp32 (cuts.precision.cpu_fallback=false keeps bf16)", flush=True)
+                self.config = self.config.model_copy(update={"dtype": "fp32", "frozen_dtype": None})
         if self.config.frozen_dtype:
             check_device_supports(self.config.frozen_dtype, run.device, "cuts.precision.frozen_dtype")
             if self.config.frozen_dtype != "fp32" and self.config.dtype == "fp32":

@@ -82,6 +82,8 @@ def fit(
 
     def run_eval() -> None:
         state.last_eval, state.last_eval_step = evaluate(), state.step
+        if not state.last_eval:
+            return  # nothing to evaluate on (no eval data, or smoke's stand-in): no metric to act on
         run.log({"event": "eval", **state.last_eval})
         if reason := cuts.on_eval_end(state.last_eval, run):
             stop(reason, "early_stopped")

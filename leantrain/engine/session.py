@@ -243,6 +243,8 @@ def build_session(
         train_examples, eval_examples, collate = data_info.train, data_info.eval, data_info.collate
     if len(train_examples) == 0:
         raise UserError("the training data has no examples")
+    if recipe.cuts.early_stopping.enabled and len(eval_examples) == 0:
+        raise UserError("cuts.early_stopping needs eval data to watch: set data.eval, or data.eval_fraction above 0")
 
     cuts = build_cuts(recipe, instruments=(MemoryAccountant(), CostLedger.for_recipe(recipe)))
     run = RunContext(device=device, train=cfg, tokenizer=tokenizer, parallel=parallel, model_section=recipe.model)

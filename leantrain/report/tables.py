@@ -14,7 +14,7 @@ def ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
     failed = [r for r in ablation.get("rungs", []) if r.get("status") == "failed"]
     target = "target" in ablation.get("mode", {})
     quality = next((r["metric"] for r in rows if r.get("metric")), "metric")
-    headers = ["rung", "peak memory (MB)", "memory vs baseline", "samples/s", "speed vs baseline", "s/step",
+    headers = ["rung", "peak memory (MB)", "memory vs baseline", "samples/s", "speed vs baseline", "tokens/s", "s/step",
                "train s", "process CPU s", "$", "trainable params"]
     headers += [f"s to {quality} target", f"$ to {quality} target"] if target else []
     headers.append(quality)
@@ -24,6 +24,7 @@ def ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
         mem = r.get("peak_memory_bytes") or 0
         cells = [r["name"], f"{mem / 1e6:.0f}", _ratio(mem, base.get("peak_memory_bytes")),
                  f"{r.get('samples_per_second') or 0:.1f}", _ratio(r.get("samples_per_second"), base.get("samples_per_second")),
+                 "n/a" if r.get("tokens_per_second") is None else f"{r['tokens_per_second']:.0f}",
                  f"{r.get('seconds_per_step') or 0:.3f}", f"{r.get('train_seconds') or 0:.1f}",
                  "n/a" if r.get("process_cpu_seconds") is None else f"{r['process_cpu_seconds']:.0f}",
                  f"{r.get('cost_usd') or 0:.5f}", f"{r.get('trainable_params') or 0:,}"]

@@ -66,3 +66,16 @@ def test_parse_target():
     for bad in ("accuracy", "=0.8", "accuracy=high"):
         with pytest.raises(UserError, match="METRIC=VALUE"):
             parse_target(bad)
+
+
+def test_packing_is_a_rung_turned_on_and_off_by_data_pack():
+    packed = Recipe.model_validate({"model": {"task": "causal-lm"}, "data": {"pack": True},
+                                    "cuts": {"lora": True, "precision": "bf16"}, "train": {"batch_size": 8}})
+    rungs = plan_ladder(packed, alone=False)
+    # The LLM ladder: full fp32 -> LoRA -> + bf16 -> + packing -> + checkpointing -> ...
+    assert [r.cuts[-1] for r in rungs[1:4]] == ["lora", "precision", "packing"]
+    assert rungs[3].name.endswith("+ packing")
+    for rung in rungs:
+        assert apply_overrides(packed.model_dump(mode="json"), rung.overrides)["data"]["pack"] == ("packing" in rung.cuts)
+    asked = plan_ladder(recipe(lora=True), cuts=["lora", "packing"], alone=False)
+    assert "data.pack=true" in asked[2].overrides and "data.pack=false" in asked[1].overrides

@@ -261,3 +261,36 @@ def test_bf16_on_cpu_swaps_fused_attention_for_matmul_attention_with_the_same_ou
     assert ("attention" in run.extras) is expect_switch
     with torch.no_grad():
         assert torch.allclose(model(**inputs).logits, fused, atol=1e-5)
+
+
+def test_bf16_falls_back_to_fp32_where_the_cpu_measures_it_slower(cut_recipe, monkeypatch, capsys):
+    monkeypatch.setattr(precision_module, "cpu_bf16_slowdown", lambda *a, **k: 7.0)
+    recipe = copy.deepcopy(cut_recipe)
+    recipe["cuts"] = {"precision": "bf16"}
+    recipe["train"].update(max_steps=2, log_every=1)
+    recorder = MatmulDtypes()
+    with recorder:
+        result = train(recipe, show_progress=False)
+    assert {dtype for (_, dtype) in recorder.seen} == {torch.float32}, recorder.seen
+    assert "7.0x slower" in result.summary["extras"]["precision"]
+    assert "training in fp32" in capsys.readouterr().out
+
+
+def test_cpu_fallback_false_keeps_bf16_without_measuring(cut_recipe, monkeypatch):
+    def must_not_measure(*a, **k):
+        raise AssertionError("measured although cpu_fallback is off")
+
+    monkeypatch.setattr(precision_module, "cpu_bf16_slowdown", must_not_measure)
+    recipe = copy.deepcopy(cut_recipe)
+    recipe["cuts"] = {"precision": {"dtype": "bf16", "cpu_fallback": False}}
+    recipe["train"].update(max_steps=2, log_every=1)
+    recorder = MatmulDtypes()
+    with recorder:
+        train(recipe, show_progress=False)
+    assert {dtype for (_, dtype) in recorder.seen} == {torch.bfloat16}, recorder.seen
+
+
+def test_the_bf16_probe_measures_a_finite_ratio():
+    # The real probe (the autouse fixture stands in for it elsewhere): a positive, finite ratio.
+    ratio = precision_module.cpu_bf16_slowdown.measure(size=64, repeats=1)
+    assert 0 < ratio < float("inf")
