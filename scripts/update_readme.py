@@ -125,10 +125,8 @@ def render_llm_demo() -> str:
              "| held-out | before (SmolLM2-135M-Instruct) | after (LoRA, 2 epochs) |", "|---|---|---|"]
     for key in ("perplexity", "exact_match", "contains"):
         lines.append(f"| {key} | {before[key]:.3f} | {after[key]:.3f} |")
-    lines += ["", "| docstring | reference | before | after |", "|---|---|---|---|"]
-    for ex in demo["examples"]:
-        cells = [ex["docstring"], ex["reference"], ex["before"], ex["after"]]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    lines.append("")
+    lines.append("Generated replies, before and after: `python examples/before_after.py runs/demo-llm`.")
     return "\n".join(lines) + "\n"
 
 
