@@ -51,6 +51,8 @@ def held_out(model, tokenizer, max_new_tokens: int = 6) -> dict:
     function, on the same rows, for both contenders."""
     import torch
 
+    from leantrain.engine.chat_eval import greedy_reply, normalise
+
     rows = [json.loads(line) for line in (DATA / "eval.jsonl").read_text().splitlines()]
     model.eval()
     nll, tokens, hits = 0.0, 0, 0
@@ -64,10 +66,8 @@ def held_out(model, tokenizer, max_new_tokens: int = 6) -> dict:
             out = model(input_ids=ids, labels=labels)
             n = int((labels[:, 1:] != -100).sum())
             nll, tokens = nll + out.loss.item() * n, tokens + n
-            generated = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-            reply = tokenizer.decode(generated[0, len(prompt):], skip_special_tokens=True).strip()
-            hits += reply == row["messages"][-1]["content"].strip()
+            reply = greedy_reply(model, tokenizer, prompt, max_new_tokens)
+            hits += normalise(reply) == normalise(row["messages"][-1]["content"])
     loss = nll / tokens
     return {"eval_loss": round(loss, 4), "eval_perplexity": round(math.exp(loss), 4), "exact_match": round(hits / len(rows), 4)}
 

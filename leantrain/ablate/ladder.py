@@ -53,6 +53,11 @@ class Rung:
     overrides: list[str] = field(default_factory=list)
 
 
+def _setting_on(recipe: Recipe, key: str) -> bool:
+    section, name = key.split(".")
+    return bool(getattr(getattr(recipe, section), name))
+
+
 def _label(name: str, recipe: Recipe, value: str | None) -> str:
     if name == "precision":
         cfg = recipe.cuts.precision if recipe.cuts.precision.enabled else None
@@ -70,8 +75,7 @@ def _ladder_cut(name: str, value: str | None, recipe: Recipe, full_lr: float) ->
     label = _label(name, recipe, value)
     if name in SETTING_CUTS:
         key = SETTING_CUTS[name]
-        section, field_name = key.split(".")
-        in_recipe = getattr(getattr(recipe, section), field_name) and value is None
+        in_recipe = _setting_on(recipe, key) and value is None
         return LadderCut(name, label, () if in_recipe else (f"{key}=true",), (f"{key}=false",))
     if name not in REGISTRY:
         raise UserError(f"ablate --cuts: unknown cut {name!r}; known: {', '.join(sorted(REGISTRY) + list(SETTING_CUTS))}")
@@ -100,8 +104,7 @@ def _requested(spec: list[str] | None, recipe: Recipe) -> list[tuple[str, str | 
         return pairs
     names = list(recipe.enabled_cuts())
     names += [n for n in SUGGESTED if n in REGISTRY and n not in names]
-    names += [name for name, key in SETTING_CUTS.items()
-              if getattr(getattr(recipe, key.split(".")[0]), key.split(".")[1])]
+    names += [name for name, key in SETTING_CUTS.items() if _setting_on(recipe, key)]
     rank = {n: i for i, n in enumerate(PREFERRED_ORDER)}
     names.sort(key=lambda n: (rank.get(n, len(rank)), REGISTRY[n].order if n in REGISTRY else 0))
     return [(n, None) for n in names]

@@ -43,6 +43,10 @@ class EarlyStopping(Cut):
         self.bad_evals = 0
         self.best_weights: dict[str, torch.Tensor] | None = None
 
+    def setup(self, run) -> None:
+        if run.eval_rows == 0:
+            raise UserError("cuts.early_stopping needs eval data to watch: set data.eval, or data.eval_fraction above 0")
+
     @property
     def maximize(self) -> bool:
         if self.config.mode != "auto":

@@ -12,6 +12,8 @@ of fine-tuning data the fused kernel's bf16 backward is several times slower on 
 """
 from __future__ import annotations
 
+import functools
+import time
 from typing import Literal
 
 import torch
@@ -46,10 +48,11 @@ def check_device_supports(dtype: str, device: torch.device, key: str = "cuts.pre
         raise DeviceError(f"{key}: this GPU has no bf16 support (pre-Ampere); use fp16")
 
 
+@functools.cache
 def cpu_bf16_slowdown(size: int = 256, repeats: int = 3) -> float:
     """How many times slower a bf16 matmul runs than fp32 on this CPU (best of ``repeats``).
-    Measured, not read from CPU flags: the flags do not say which kernels a torch build uses."""
-    import time
+    Measured, not read from CPU flags: the flags do not say which kernels a torch build uses.
+    Once per process: smoke and training (and every ablation rung's session) ask again."""
 
     timings = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -57,7 +60,7 @@ def cpu_bf16_slowdown(size: int = 256, repeats: int = 3) -> float:
         best = float("inf")
         for _ in range(repeats):
             started = time.perf_counter()
-            (a @ b.t()).sum()
+            a @ b.t()
             torch.randn(size, 4 * size, dtype=dtype) @ b  # the backward's layout, the slowest when emulated
             best = min(best, time.perf_counter() - started)
         timings[dtype] = best

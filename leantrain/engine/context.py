@@ -39,6 +39,7 @@ class RunContext:
     # What the training forward goes through: the DDP/FSDP wrapper under torchrun, else the
     # model. Evaluation, checkpoints and saving use ``model``.
     train_model: torch.nn.Module | None = None
+    eval_rows: int = 0                         # held-out examples evaluate() sees (0: it returns {})
 
     @property
     def world_size(self) -> int:

@@ -243,11 +243,10 @@ def build_session(
         train_examples, eval_examples, collate = data_info.train, data_info.eval, data_info.collate
     if len(train_examples) == 0:
         raise UserError("the training data has no examples")
-    if recipe.cuts.early_stopping.enabled and len(eval_examples) == 0:
-        raise UserError("cuts.early_stopping needs eval data to watch: set data.eval, or data.eval_fraction above 0")
 
     cuts = build_cuts(recipe, instruments=(MemoryAccountant(), CostLedger.for_recipe(recipe)))
-    run = RunContext(device=device, train=cfg, tokenizer=tokenizer, parallel=parallel, model_section=recipe.model)
+    run = RunContext(device=device, train=cfg, tokenizer=tokenizer, parallel=parallel, model_section=recipe.model,
+                     eval_rows=len(eval_examples))
     cuts.setup(run)  # before sizing the schedule: accumulation changes steps per epoch
     run.micro_batches_per_step *= parallel.world_size  # a step spans every rank's micro-batches
     run.model = cuts.prepare_model(model, run).to(device)

@@ -106,7 +106,7 @@ def initial_prepared(recipe: dict):
 
     parsed, model, data, task = initial_state(recipe)
     cuts = build_cuts(parsed)
-    run = RunContext(device=CPU, train=parsed.train)
+    run = RunContext(device=CPU, train=parsed.train, eval_rows=len(data.eval))
     cuts.setup(run)
     model = cuts.prepare_model(model, run)
     was_training = model.training
