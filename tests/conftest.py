@@ -22,16 +22,19 @@ from testdata import copy_tokenizer, make_topic_rows, write_csv  # noqa: E402  (
 
 
 @pytest.fixture(autouse=True)
-def _cpu_bf16_as_native(monkeypatch):
+def _cpu_bf16_as_native():
     """bf16 tests exercise the bf16 path whatever CPU runs the suite: the precision cut's
-    fallback to fp32 on CPUs without native bf16 is tested on its own (test_cut_precision)."""
+    fallback to fp32 on CPUs without native bf16 is tested on its own (test_cut_precision).
+    Its own MonkeyPatch, so a test's `monkeypatch.undo()` cannot lift it mid-test."""
     import leantrain.cuts.precision as precision
 
     def native(*args, **kwargs) -> float:
         return 0.5
 
     native.measure = precision.cpu_bf16_slowdown  # the real probe, for the test of the probe itself
-    monkeypatch.setattr(precision, "cpu_bf16_slowdown", native)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_bf16_slowdown", native)
+        yield
 
 
 @pytest.fixture(scope="session")

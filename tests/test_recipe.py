@@ -237,7 +237,7 @@ def test_set_overrides_are_typed_repeatable_and_expand_cut_shorthand(cli):
     proc = cli["set"]
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
-    assert resolved["cuts"]["precision"] == {"enabled": True, "dtype": "fp32", "frozen_dtype": None, "cpu_matmul_attention": True}
+    assert resolved["cuts"]["precision"] == {"enabled": True, "dtype": "fp32", "frozen_dtype": None, "cpu_matmul_attention": True, "cpu_fallback": True}
     assert resolved["train"]["epochs"] == 2
     assert resolved["train"]["batch_size"] == 4 and isinstance(resolved["train"]["batch_size"], int)
     assert resolved["train"]["max_grad_norm"] is None
