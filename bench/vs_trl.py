@@ -3,7 +3,9 @@ schedule, batch and epochs; fresh processes, alternating rounds, medians, ratios
 
 TRL is configured as its SFT docs recommend: conversational prompt/completion data with
 completion-only loss, packing (best-fit decreasing) padding-free, LoRA through
-``peft_config``, bf16. leantrain runs examples/demo-llm.yaml with ``data.pack`` matched.
+``peft_config``, bf16, and gradient checkpointing (SFTConfig's default in trl 1.16; an
+earlier version of this script left it on for TRL only, which made TRL look slower and
+leaner). leantrain runs examples/demo-llm.yaml with packing and checkpointing matched.
 Both train one epoch (the same conversations, so the same tokens); the held-out figures
 come from one shared function run on each trained model in its own process (not timed).
 
@@ -12,7 +14,7 @@ slower here, see `leantrain.cuts.precision.cpu_bf16_slowdown`); ``--bf16 auto`` 
 default) turns bf16 on for both contenders only where that probe says it is faster.
 
     python bench/vs_trl.py --rounds 3            # writes bench/results/vs_trl.json
-    python bench/vs_trl.py --contender trl '{"pack": true, "bf16": false}'   # one run
+    python bench/vs_trl.py --contender trl '{"pack": true, "bf16": false, "checkpointing": true}'   # one run
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def recipe(opts: dict, out: Path):
 
     sets = [f"output.dir={out}", "output.save_model=false", "train.checkpoint_every=null", "train.eval_every=100000",
             "train.eval_at_start=false", "data.chat.eval_generate=0", "train.epochs=1", f"data.pack={opts['pack']}",
-            f"cuts.precision={'bf16' if opts['bf16'] else 'false'}"]
+            f"cuts.precision={'bf16' if opts['bf16'] else 'false'}",
+            f"cuts.gradient_checkpointing={'true' if opts['checkpointing'] else 'false'}"]
     return as_recipe(str(RECIPE), sets)
 
 
@@ -108,7 +111,7 @@ def run_trl(opts: dict) -> dict:
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed, use_cpu=True, bf16=opts["bf16"],
+        max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=opts["checkpointing"], seed=cfg.seed, data_seed=cfg.seed, use_cpu=True, bf16=opts["bf16"],
         max_length=rec.data.max_length, packing=opts["pack"], padding_free=opts["pack"], completion_only_loss=True,
         dataloader_num_workers=0, dataloader_pin_memory=False, include_num_input_tokens_seen="non_padding",
         eval_strategy="no", save_strategy="no", logging_steps=cfg.log_every, report_to="none", disable_tqdm=True)
@@ -145,6 +148,7 @@ def summarize(rounds: list[dict]) -> dict:
         "train_time_trl_over_leantrain": [r["trl"]["train_seconds"] / r["leantrain"]["train_seconds"] for r in rounds],
         "wall_time_trl_over_leantrain": [r["trl"]["wall_seconds"] / r["leantrain"]["wall_seconds"] for r in rounds],
         "tokens_per_second_leantrain_over_trl": [r["leantrain"]["tokens_per_second"] / r["trl"]["tokens_per_second"] for r in rounds],
+        "peak_rss_leantrain_over_trl": [r["leantrain"]["peak_rss_bytes"] / r["trl"]["peak_rss_bytes"] for r in rounds],
     }
     out["ratios"] = {k: {"median": round(statistics.median(v), 3), "rounds": [round(x, 3) for x in v]} for k, v in ratios.items()}
     return out
@@ -156,6 +160,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pack", choices=["true", "false"], default="true")
     parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto")
+    # TRL's SFTConfig turns gradient checkpointing on by default (trl 1.16); both sides match.
+    parser.add_argument("--checkpointing", choices=["true", "false"], default="true")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "vs_trl.json")
     args = parser.parse_args()
     if args.contender:
@@ -169,8 +175,9 @@ def main() -> None:
 
     slowdown = cpu_bf16_slowdown()
     bf16 = slowdown < 1.0 if args.bf16 == "auto" else args.bf16 == "true"
-    opts = {"pack": args.pack == "true", "bf16": bf16}
-    print(f"bf16 matmul / fp32 on this CPU: {slowdown:.2f}x -> bf16 {'on' if bf16 else 'off'}; packing {opts['pack']}", flush=True)
+    opts = {"pack": args.pack == "true", "bf16": bf16, "checkpointing": args.checkpointing == "true"}
+    print(f"bf16 matmul / fp32 on this CPU: {slowdown:.2f}x -> bf16 {'on' if bf16 else 'off'}; packing {opts['pack']}; "
+          f"checkpointing {opts['checkpointing']}", flush=True)
     rounds = []
     for r in range(args.rounds):
         order = CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]
