@@ -3,9 +3,9 @@ schedule, batch and epochs; fresh processes, alternating rounds, medians, ratios
 
 TRL is configured as its SFT docs recommend: conversational prompt/completion data with
 completion-only loss, packing (best-fit decreasing) padding-free, LoRA through
-``peft_config``, bf16, and gradient checkpointing (SFTConfig's default in trl 1.16; an
-earlier version of this script left it on for TRL only, which made TRL look slower and
-leaner). leantrain runs examples/demo-llm.yaml with packing and checkpointing matched.
+``peft_config``, bf16, and gradient checkpointing (SFTConfig's default in trl 1.16: left on
+one side only, it would make that side slower and leaner). leantrain runs
+examples/demo-llm.yaml with packing and checkpointing matched.
 Both train one epoch (the same conversations, so the same tokens); the held-out figures
 come from one shared function run on each trained model in its own process (not timed).
 
@@ -111,7 +111,8 @@ def run_trl(opts: dict) -> dict:
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=opts["checkpointing"], seed=cfg.seed, data_seed=cfg.seed, use_cpu=True, bf16=opts["bf16"],
+        max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=opts["checkpointing"], seed=cfg.seed, data_seed=cfg.seed,
+        use_cpu=True, bf16=opts["bf16"],
         max_length=rec.data.max_length, packing=opts["pack"], padding_free=opts["pack"], completion_only_loss=True,
         dataloader_num_workers=0, dataloader_pin_memory=False, include_num_input_tokens_seen="non_padding",
         eval_strategy="no", save_strategy="no", logging_steps=cfg.log_every, report_to="none", disable_tqdm=True)
