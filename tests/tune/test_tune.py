@@ -114,7 +114,10 @@ def test_tune_resumes_after_sigkill_without_redoing_finished_trials(recipe_file,
         time.sleep(0.5)
         if not (out / "study.journal").exists():
             continue
-        trials = _study(out).get_trials()
+        try:
+            trials = _study(out).get_trials()
+        except KeyError:  # the journal file exists a moment before the study record is written to it
+            continue
         finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if finished and running:
