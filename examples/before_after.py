@@ -62,7 +62,7 @@ def main() -> None:
         commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
         saved = {"cpu": cpu, "commit": commit, "eval_rows": len(after), "majority_label": label,
                  "majority_rate": round(count / len(after), 4), "before": start, "after": end,
-                 "steps": summary["steps"], "train_seconds": summary["train_seconds"], "cost_usd": summary["cost_usd"],
+                 "steps": summary["steps"], "epochs": summary["epochs"], "train_seconds": summary["train_seconds"], "cost_usd": summary["cost_usd"],
                  "examples": [{"docstring": question(a["prompt"]), "reference": a["reference"],
                                "before": b["reply"].strip(), "after": a["reply"].strip()} for b, a in pairs]}
         args.save.write_text(json.dumps(saved, indent=2) + "\n")

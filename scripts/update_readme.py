@@ -114,6 +114,11 @@ def _plain_rows() -> list[str]:
     return lines
 
 
+def _epochs(count: float) -> str:
+    text = f"{count:g}"
+    return f"{text} epoch" + ("" if text == "1" else "s")
+
+
 def render_llm_demo() -> str:
     """The LLM demo's before/after (``examples/before_after.py --save``)."""
     demo = _load(LLM_DEMO)
@@ -122,7 +127,7 @@ def render_llm_demo() -> str:
              f"{demo['steps']} steps, {demo['train_seconds']:.0f} s of training, ${demo['cost_usd']:.4f}. "
              f"{demo['eval_rows']} held-out conversations; always answering the most common library "
              f"({demo['majority_label']}) would score {demo['majority_rate']:.3f}.", "",
-             "| held-out | before (SmolLM2-135M-Instruct) | after (LoRA, 2 epochs) |", "|---|---|---|"]
+             f"| held-out | before (SmolLM2-135M-Instruct) | after (LoRA, {_epochs(demo['epochs'])}) |", "|---|---|---|"]
     for key in ("perplexity", "exact_match", "contains"):
         lines.append(f"| {key} | {before[key]:.3f} | {after[key]:.3f} |")
     lines.append("")
