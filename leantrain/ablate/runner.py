@@ -11,9 +11,6 @@ import json
 import os
 import resource
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ from leantrain.ablate.ladder import Rung, plan_ladder
 from leantrain.cuts.early_stopping import HIGHER_IS_BETTER
 from leantrain.engine.resume import checkpoint_root
 from leantrain.errors import UserError
+from leantrain.launch.watched import train_command, watch_training
 from leantrain.observe.runlog import read_json, read_jsonl
 from leantrain.recipe import load_recipe
 from leantrain.report import ABLATION_FILE, write_report
@@ -90,13 +88,6 @@ def _sets(settings: AblationSettings, rung: Rung, run_dir: Path, price: float) -
     return common + list(settings.overrides) + rung.overrides
 
 
-def _command(sets: list[str], recipe: str) -> list[str]:
-    cmd = [sys.executable, "-m", "leantrain", "train", recipe, "--quiet", "--no-smoke"]
-    for item in sets:
-        cmd += ["--set", item]
-    return cmd
-
-
 def _already_run(settings: AblationSettings, sets: list[str], run_dir: Path) -> dict | None:
     """The summary of a finished rung whose recorded recipe is exactly what this rung
     would train (same recipe file contents, overrides and price), else None."""
@@ -115,15 +106,12 @@ def _run_process(cmd: list[str], run_dir: Path, target: tuple[str, float] | None
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cpu_before = _children_cpu_seconds()
-    stopped_at_target = False
-    with open(run_dir / "ablate.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if target and not stopped_at_target and first_reaching(run_dir / "metrics.jsonl", target):
-                proc.send_signal(signal.SIGTERM)
-                stopped_at_target = True
-        return proc.returncode, time.perf_counter() - started, _children_cpu_seconds() - cpu_before, stopped_at_target
+
+    def met(line: dict) -> bool:
+        return bool(target) and target[0] in line and reached(target[0], line[target[0]], target[1])
+
+    code, stopped_at_target = watch_training(cmd, run_dir / "ablate.log", run_dir / "metrics.jsonl", met, poll_seconds=0.5)
+    return code, time.perf_counter() - started, _children_cpu_seconds() - cpu_before, stopped_at_target
 
 
 def _children_cpu_seconds() -> float:
@@ -202,7 +190,7 @@ def _run_rung(settings: AblationSettings, rung: Rung, run_dir: Path, price: floa
         # Process figures are not in the run directory: keep those of the ablation that ran it.
         row.update({k: previous[k] for k in ("process_seconds", "process_cpu_seconds", "load_average") if k in previous})
         return row
-    code, wall, cpu, at_target = _run_process(_command(sets, settings.recipe), run_dir, settings.target)
+    code, wall, cpu, at_target = _run_process(train_command(settings.recipe, sets), run_dir, settings.target)
     summary_path = run_dir / "summary.json"
     if (code == 0 or at_target) and summary_path.is_file():
         row = _row(rung, run_dir, json.loads(summary_path.read_text(encoding="utf-8")), price, settings)

@@ -1,36 +1,22 @@
-"""One trial of `leantrain tune`: an ordinary `leantrain train` process, watched.
+"""One trial of `leantrain tune`: an ordinary `leantrain train` process, watched
+(leantrain/launch/watched.py says why a process per trial).
 
-Why a process per trial: the same engine as any run (checkpoints, ledger, signals),
-peak memory and speed not carried over from the previous trial, and a clean stop by
-SIGTERM (the engine checkpoints and exits) when the pruner or the target says stop.
 The child gets SIGTERM when the search process dies (Linux ``PR_SET_PDEATHSIG``), so a
 killed search leaves a checkpoint that the resumed search continues from.
 """
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from leantrain.ablate.runner import reached
+from leantrain.launch.watched import train_command, watch_training
 from leantrain.observe.runlog import read_json, read_jsonl
 
-PR_SET_PDEATHSIG = 1
 OUTCOME_FILE = "outcome.json"
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the child then outlives a killed search
-        pass
 
 
 @dataclass
@@ -69,38 +55,32 @@ def run_trial(recipe: str, sets: list[str], run_dir: Path, metric: str, higher_i
     ``on_eval(line)`` is called for each new evaluation and returns True to prune."""
     run_dir.mkdir(parents=True, exist_ok=True)
     earlier = attempts_seconds(run_dir)
-    cmd = [sys.executable, "-m", "leantrain", "train", recipe, "--quiet", "--no-smoke", "--resume", "auto"]
-    for item in sets:
-        cmd += ["--set", item]
     started_wall, started = time.time(), time.perf_counter()
     _log_attempt(run_dir, {"started": started_wall})
-    seen, evals, hit, status = 0, [], None, None
-    with open(run_dir / "tune.log", "a", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        while True:
-            done = proc.poll() is not None  # read once more after the exit: the last evaluation counts
-            lines = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "eval" and metric in r]
-            for line in lines[seen:]:
-                evals.append(line)
-                if target is not None and hit is None and reached(metric, line[metric], target):
-                    hit, status = line, "reached_target"
-                elif status is None and on_eval(line):
-                    status = "pruned"
-                if status and proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)  # a clean stop: the engine checkpoints and exits
-            seen = len(lines)
-            if done:
-                break
-            time.sleep(0.3)
+    evals: list[dict] = []
+    hit, status = None, None
+
+    def should_stop(line: dict) -> bool:
+        nonlocal hit, status
+        if line.get("event") != "eval" or metric not in line:
+            return False
+        evals.append(line)
+        if target is not None and hit is None and reached(metric, line[metric], target):
+            hit, status = line, "reached_target"
+        elif status is None and on_eval(line):
+            status = "pruned"
+        return status is not None
+
+    returncode, _ = watch_training(train_command(recipe, sets, "--resume", "auto"), run_dir / "tune.log",
+                                   run_dir / "metrics.jsonl", should_stop, die_with_parent=True, append_log=True)
     seconds = time.perf_counter() - started
     _log_attempt(run_dir, {"started": started_wall, "seconds": seconds, "ended": True})
     total = earlier + seconds
     summary = read_json(run_dir / "summary.json")
     if status is None:
-        if proc.returncode != 0 or not summary:
+        if returncode != 0 or not summary:
             tail = (run_dir / "tune.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
-            return TrialOutcome("failed", total, evals, error=tail[0] if tail else f"exit {proc.returncode}")
+            return TrialOutcome("failed", total, evals, error=tail[0] if tail else f"exit {returncode}")
         status = "completed"
     outcome = TrialOutcome(status, total, evals, hit, summary)
     (run_dir / OUTCOME_FILE).write_text(json.dumps(asdict(outcome)), encoding="utf-8")
