@@ -190,7 +190,7 @@ def tune(settings: TuneSettings, echo=print) -> dict:
             trial.set_user_attr("duplicate", True)
         else:
             outcome = run_trial(settings.recipe, _trial_sets(settings, sets, run_dir, price, left), run_dir,
-                                settings.metric, higher, settings.target, on_eval)
+                                settings.metric, settings.target, on_eval)
         values = _record(trial, outcome, sets, run_dir, price, settings)
         if outcome.status == "failed" or values[-1] is None:
             study.tell(trial, state=TrialState.FAIL)

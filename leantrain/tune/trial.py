@@ -49,8 +49,8 @@ def _log_attempt(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def run_trial(recipe: str, sets: list[str], run_dir: Path, metric: str, higher_is_better: bool,
-              target: float | None, on_eval: Callable[[dict], bool]) -> TrialOutcome:
+def run_trial(recipe: str, sets: list[str], run_dir: Path, metric: str, target: float | None,
+              on_eval: Callable[[dict], bool]) -> TrialOutcome:
     """Train ``recipe`` with ``sets`` in ``run_dir`` (resuming a checkpoint left there);
     ``on_eval(line)`` is called for each new evaluation and returns True to prune."""
     run_dir.mkdir(parents=True, exist_ok=True)
