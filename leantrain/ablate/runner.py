@@ -19,7 +19,7 @@ from leantrain.ablate.ladder import Rung, plan_ladder
 from leantrain.cuts.early_stopping import HIGHER_IS_BETTER
 from leantrain.engine.resume import checkpoint_root
 from leantrain.errors import UserError
-from leantrain.launch.watched import train_command, watch_training
+from leantrain.launch.watched import EVAL_EVENTS, train_command, watch_training
 from leantrain.observe.runlog import read_json, read_jsonl
 from leantrain.recipe import load_recipe
 from leantrain.report import ABLATION_FILE, write_report
@@ -67,13 +67,15 @@ def reached(metric: str, value: float, target: float) -> bool:
     return value >= target if higher_is_better(metric) else value <= target
 
 
+def meets(record: dict, target: tuple[str, float]) -> bool:
+    """Whether an evaluation line holds the target's metric at or past its value."""
+    name, goal = target
+    return name in record and reached(name, record[name], goal)
+
+
 def first_reaching(metrics_path: Path, target: tuple[str, float]) -> dict | None:
     """The first eval line of a run whose metric meets the target, if any."""
-    name, goal = target
-    for record in read_jsonl(metrics_path):
-        if record.get("event") in ("eval", "final_eval") and name in record and reached(name, record[name], goal):
-            return record
-    return None
+    return next((r for r in read_jsonl(metrics_path) if r.get("event") in EVAL_EVENTS and meets(r, target)), None)
 
 
 def _sets(settings: AblationSettings, rung: Rung, run_dir: Path, price: float) -> list[str]:
@@ -106,11 +108,8 @@ def _run_process(cmd: list[str], run_dir: Path, target: tuple[str, float] | None
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cpu_before = _children_cpu_seconds()
-
-    def met(line: dict) -> bool:
-        return bool(target) and target[0] in line and reached(target[0], line[target[0]], target[1])
-
-    code, stopped_at_target = watch_training(cmd, run_dir / "ablate.log", run_dir / "metrics.jsonl", met, poll_seconds=0.5)
+    code, stopped_at_target = watch_training(cmd, run_dir / "ablate.log", run_dir / "metrics.jsonl",
+                                             lambda line: target is not None and meets(line, target), poll_seconds=0.5)
     return code, time.perf_counter() - started, _children_cpu_seconds() - cpu_before, stopped_at_target
 
 

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from leantrain.observe.runlog import is_run_dir, run_view
+from leantrain.observe.runlog import TailedFile, is_run_dir, run_view
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -24,36 +24,6 @@ ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8")}
 MAX_POINTS = 2000  # per series sent to the page; enough for a chart's width
 SEARCH_DEPTH = 3   # RUNS_DIR/ablation/rung is two levels down
-
-
-class TailedFile:
-    """The JSON lines of a growing file, reading only what was appended since last time."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset, self.records, self.partial = path, 0, [], b""
-
-    def read(self) -> list[dict]:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return self.records
-        if size < self.offset:  # cut back (a resumed run rewrites it): start over
-            self.offset, self.records, self.partial = 0, [], b""
-        if size > self.offset:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                chunk = self.partial + f.read(size - self.offset)
-            self.offset = size
-            lines = chunk.split(b"\n")
-            self.partial = lines.pop()  # an unfinished last line waits for its end
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    self.records.append(record)
-        return self.records
 
 
 def _thin(records: list[dict]) -> list[dict]:

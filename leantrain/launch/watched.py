@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from leantrain.observe.runlog import read_jsonl
+from leantrain.observe.runlog import TailedFile
 
 PR_SET_PDEATHSIG = 1
 EVAL_EVENTS = ("eval", "final_eval")
@@ -47,13 +47,13 @@ def watch_training(cmd: list[str], log_path: Path, metrics_path: Path, should_st
     ``die_with_parent``: the child gets SIGTERM when this process dies (Linux), so a killed
     search leaves a checkpoint behind instead of an orphan still training.
     Returns (exit code, whether this stopped it: False when it had already exited)."""
-    seen, stopped = 0, False
+    seen, stopped, metrics = 0, False, TailedFile(metrics_path)
     with open(log_path, "a" if append_log else "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                 preexec_fn=_die_with_parent if die_with_parent else None)
         while True:
             done = proc.poll() is not None
-            lines = [r for r in read_jsonl(metrics_path) if r.get("event") in EVAL_EVENTS]
+            lines = [r for r in metrics.read() if r.get("event") in EVAL_EVENTS]
             for line in lines[seen:]:
                 if should_stop(line) and not stopped and proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)

@@ -1,7 +1,8 @@
 """Reading a run directory back: metrics.jsonl, summary.json and the recipe's prices.
 
-Shared by the report (after a run) and the dashboard (during one), so both show the same
-figures. A run being written to can end with a torn line; readers skip it.
+Shared by the report (after a run), the dashboard (during one) and the processes that watch a
+run they started (`ablate`, `tune`), so all show the same figures. A run being written to
+can end with a torn line; readers skip it.
 """
 from __future__ import annotations
 
@@ -26,6 +27,37 @@ def read_jsonl(path: Path) -> Iterator[dict]:
             continue
         if isinstance(record, dict):
             yield record
+
+
+class TailedFile:
+    """The JSON lines of a growing file, reading only what was appended since last time:
+    the dashboard follows every run this way, and `ablate`/`tune` the run they watch."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.records, self.partial = path, 0, [], b""
+
+    def read(self) -> list[dict]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return self.records
+        if size < self.offset:  # cut back (a resumed run rewrites it): start over
+            self.offset, self.records, self.partial = 0, [], b""
+        if size > self.offset:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = self.partial + f.read(size - self.offset)
+            self.offset = size
+            lines = chunk.split(b"\n")
+            self.partial = lines.pop()  # an unfinished last line waits for its end
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    self.records.append(record)
+        return self.records
 
 
 def read_json(path: Path) -> dict:
